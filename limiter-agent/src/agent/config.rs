@@ -1,0 +1,335 @@
+//! The agent's TOML configuration: parsing, validation with file and line, and the embedded
+//! default.
+
+use limiter_common::bucket::Limit;
+use limiter_common::key::Prefix;
+use limiter_common::maps::DatapathConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+/// The configuration used when the agent gets no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+
+/// Where the configuration in force came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum ConfigSource {
+    File(PathBuf),
+    EmbeddedDefault,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::EmbeddedDefault => f.write_str("embedded default"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub alerts: Alerts,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Packets per second, per key.
+    #[serde(default = "default_rate")]
+    pub rate: NonZeroU64,
+    /// Bucket depth, packets.
+    #[serde(default = "default_burst")]
+    pub burst: NonZeroU64,
+    #[serde(default = "default_ipv4_prefix", deserialize_with = "ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "default_ipv6_prefix", deserialize_with = "ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(deserialize_with = "cidr", serialize_with = "display")]
+    pub cidr: Prefix,
+    pub action: Action,
+    pub rate: Option<NonZeroU64>,
+    pub burst: Option<NonZeroU64>,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+    Limit,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Keys tracked at once; the least recently used are evicted beyond it.
+    #[serde(default = "default_max_keys", deserialize_with = "max_keys")]
+    pub max_keys: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    pub webhook: Option<String>,
+}
+
+fn default_rate() -> NonZeroU64 {
+    NonZeroU64::new(1000).unwrap()
+}
+fn default_burst() -> NonZeroU64 {
+    NonZeroU64::new(2000).unwrap()
+}
+fn default_ipv4_prefix() -> u8 {
+    32
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+fn default_max_keys() -> u32 {
+    1_000_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate: default_rate(),
+            burst: default_burst(),
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            dry_run: false,
+        }
+    }
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            max_keys: default_max_keys(),
+        }
+    }
+}
+
+fn prefix_in_range<'de, D: Deserializer<'de>>(d: D, max: u8, what: &str) -> Result<u8, D::Error> {
+    let value = i64::deserialize(d)?;
+    u8::try_from(value)
+        .ok()
+        .filter(|v| *v <= max)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("{what} must be between 0 and {max}, not {value}"))
+        })
+}
+
+fn ipv4_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_in_range(d, 32, "ipv4_prefix")
+}
+
+fn ipv6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_in_range(d, 128, "ipv6_prefix")
+}
+
+fn max_keys<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let value = i64::deserialize(d)?;
+    u32::try_from(value)
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "max_keys must be between 1 and {}, not {value}",
+                u32::MAX
+            ))
+        })
+}
+
+fn cidr<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+        match path {
+            None => Ok((
+                Config::parse(EMBEDDED_DEFAULT, "(embedded default)")?,
+                ConfigSource::EmbeddedDefault,
+            )),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let config = Config::parse(&text, &path.display().to_string())?;
+                Ok((config, ConfigSource::File(path.to_owned())))
+            }
+        }
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message: describe_toml_error(text, &err),
+        })?;
+        config.check_supported(text, origin)?;
+        Ok(config)
+    }
+
+    /// Refuses what this build parses but does not enforce yet, rather than ignore it silently.
+    fn check_supported(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let unsupported = |needle: &str, what: &str| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message: format!(
+                "line {}: {what} is not enforced by this version of limiter yet; remove it",
+                line_of(text, needle)
+            ),
+        };
+        if !self.rules.is_empty() {
+            return Err(unsupported("[[rules]]", "[[rules]]"));
+        }
+        if self.limits.dry_run {
+            return Err(unsupported("dry_run", "dry_run = true"));
+        }
+        if self.alerts.webhook.is_some() {
+            return Err(unsupported("webhook", "[alerts] webhook"));
+        }
+        Ok(())
+    }
+
+    /// The default limit as the datapath applies it.
+    pub fn default_limit(&self) -> Limit {
+        Limit::new(self.limits.rate.get(), self.limits.burst.get())
+    }
+
+    /// What the datapath is told.
+    pub fn datapath(&self) -> DatapathConfig {
+        DatapathConfig {
+            default_limit: self.default_limit(),
+            ipv4_prefix: self.limits.ipv4_prefix as u32,
+            ipv6_prefix: self.limits.ipv6_prefix as u32,
+            flags: 0,
+            valid: 1,
+        }
+    }
+}
+
+/// "line N, column M: what", from toml's error and its span.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}, column {column}: {message}\n    {line} | {source_line}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+/// The 1-based line of the first occurrence of `needle`, or 1.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .map_or(1, |at| text[..at].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let (config, source) = Config::load(None).unwrap();
+        assert_eq!(source, ConfigSource::EmbeddedDefault);
+        assert_eq!(config.limits.rate.get(), 1000);
+        assert_eq!(config.limits.burst.get(), 2000);
+        assert_eq!(config.agent.max_keys, 1_000_000);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_file_and_line() {
+        let cases = [
+            (
+                "[limits]\nrate = 10\nburts = 5\n",
+                "line 3",
+                "unknown field `burts`",
+            ),
+            ("[limits]\nburst = 0\n", "line 2", "nonzero"),
+            ("[limits]\nrate = \"fast\"\n", "line 2", "invalid type"),
+            ("[limits]\nipv4_prefix = 33\n", "line 2", "between 0 and 32"),
+            (
+                "[limits]\nipv6_prefix = -1\n",
+                "line 2",
+                "between 0 and 128",
+            ),
+            ("[agent]\nmax_keys = 0\n", "line 2", "max_keys"),
+            ("[limits\nrate = 1\n", "line 1", ""),
+            ("[nonsense]\n", "line 1", "unknown field `nonsense`"),
+            (
+                "[[rules]]\nname = \"x\"\ncidr = \"198.18.0.0/33\"\naction = \"allow\"\n",
+                "line 3",
+                "198.18.1.0/24",
+            ),
+            (
+                "[[rules]]\nname = \"x\"\ncidr = \"198.18.0.0/16\"\naction = \"block\"\n",
+                "line 4",
+                "unknown variant",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let err = invalid(text);
+            assert!(err.contains("test.toml"), "{err}");
+            assert!(err.contains(line), "expected {line} in: {err}");
+            assert!(err.contains(what), "expected {what} in: {err}");
+        }
+    }
+
+    #[test]
+    fn features_not_enforced_yet_are_refused_not_ignored() {
+        let err = invalid("[limits]\nrate = 5\ndry_run = true\n");
+        assert!(err.contains("line 3") && err.contains("dry_run"), "{err}");
+        let err =
+            invalid("[[rules]]\nname = \"o\"\ncidr = \"198.18.7.0/24\"\naction = \"allow\"\n");
+        assert!(err.contains("line 1") && err.contains("rules"), "{err}");
+    }
+}

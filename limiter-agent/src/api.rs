@@ -1,0 +1,108 @@
+//! The agent's HTTP/JSON API on its Unix socket: paths and the shapes both sides exchange.
+//! The JSON field names are the contract of PRODUCT.md (`inspect --json`, `status --json` …).
+
+use serde::{Deserialize, Serialize};
+
+pub const STATUS_PATH: &str = "/v1/status";
+pub const KEYS_PATH: &str = "/v1/keys";
+pub const INSPECT_PATH: &str = "/v1/inspect";
+pub const RESET_PATH: &str = "/v1/reset";
+
+/// One tracked key and its bucket.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyInfo {
+    pub key: String,
+    pub rule: String,
+    pub rate: u64,
+    pub burst: u64,
+    pub remaining: u64,
+    pub exhausted: bool,
+    pub retry_after_ms: u64,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    /// "native" or "skb".
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub interfaces: Vec<InterfaceInfo>,
+    pub tracked_keys: u64,
+    pub exhausted_keys: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub dry_run: bool,
+    /// Packets the program does not limit (not IPv4, unparsable): always passed.
+    pub not_limited: u64,
+    /// New keys the datapath could not track (map full and nothing evictable): passed.
+    pub insert_failed: u64,
+    pub config: ConfigInfo,
+}
+
+/// The configuration in force, as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigInfo {
+    /// A file path, or "embedded default".
+    pub source: String,
+    pub rate: u64,
+    pub burst: u64,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub max_keys: u32,
+    pub pin_path: String,
+}
+
+/// Query of `GET /v1/keys`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub exhausted: bool,
+    pub top: Option<usize>,
+    pub sort: Option<SortBy>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SortBy {
+    /// Most dropped first.
+    Drops,
+    /// Most passed first.
+    Passed,
+}
+
+/// Query of `GET /v1/inspect`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InspectQuery {
+    pub key: String,
+}
+
+/// Body of `POST /v1/reset`: exactly one of the three selections.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ResetRequest {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub exhausted: bool,
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResetResponse {
+    /// How many tracked keys got a full bucket.
+    pub reset: u64,
+    /// KEYs of the request that selected no tracked key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_tracked: Vec<String>,
+}
+
+/// Body of every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,67 @@
+use super::{print_json, table, ApiArgs};
+use crate::api::{KeyInfo, ListQuery, SortBy, KEYS_PATH};
+use crate::exit::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Only keys whose next packet would be dropped.
+    #[arg(long)]
+    pub exhausted: bool,
+    /// Only the first N keys (after sorting).
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Order by: most dropped, or most passed (default: by key).
+    #[arg(long, value_enum)]
+    pub sort: Option<SortBy>,
+}
+
+pub async fn run(args: ListArgs) -> Result<(), Failure> {
+    let query = ListQuery {
+        exhausted: args.exhausted,
+        top: args.top,
+        sort: args.sort,
+    };
+    let keys: Vec<KeyInfo> = args.api.client().get(KEYS_PATH, &query).await?;
+    if args.api.json {
+        return print_json(&keys);
+    }
+    if keys.is_empty() {
+        println!(
+            "{}",
+            if args.exhausted {
+                "no key is exhausted"
+            } else {
+                "no key is tracked"
+            }
+        );
+        return Ok(());
+    }
+    let mut out = table::new_table(&[
+        "KEY",
+        "RULE",
+        "RATE",
+        "BURST",
+        "REMAINING",
+        "EXHAUSTED",
+        "RETRY",
+        "PASSED",
+        "DROPPED",
+    ]);
+    for k in &keys {
+        out.add_row(vec![
+            k.key.clone(),
+            k.rule.clone(),
+            format!("{}/s", k.rate),
+            k.burst.to_string(),
+            k.remaining.to_string(),
+            table::yes_no(k.exhausted).to_owned(),
+            table::retry_after(k.retry_after_ms),
+            k.passed.to_string(),
+            k.dropped.to_string(),
+        ]);
+    }
+    println!("{out}");
+    Ok(())
+}

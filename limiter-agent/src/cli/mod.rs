@@ -1,0 +1,69 @@
+//! The operator's commands; each talks to the agent through one [`ApiClient`].
+
+pub mod inspect;
+pub mod list;
+pub mod reset;
+mod status;
+mod table;
+
+use crate::client::{ApiClient, ClientError};
+use crate::exit::Failure;
+use std::path::PathBuf;
+
+pub use inspect::InspectArgs;
+pub use list::ListArgs;
+pub use reset::ResetArgs;
+
+/// What every command that talks to the agent takes.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Unix socket of the agent's API.
+    #[arg(long, value_name = "PATH", default_value = crate::DEFAULT_API_SOCKET, env = "LIMITER_API_SOCKET")]
+    pub api_socket: PathBuf,
+    /// Machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> ApiClient {
+        ApiClient::new(&self.api_socket)
+    }
+}
+
+pub async fn status(args: ApiArgs) -> Result<(), Failure> {
+    status::run(args).await
+}
+
+/// Prints `value` as pretty JSON.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|err| Failure::Other(err.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Failure {
+        match err {
+            ClientError::NoAgent(_) | ClientError::PermissionDenied(_) => {
+                Failure::Unreachable(err.to_string())
+            }
+            ClientError::Refused {
+                status: 404,
+                message,
+            } => Failure::NotTracked(message),
+            ClientError::Refused {
+                status: 400,
+                message,
+            } => Failure::Usage(message),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+/// Validates a KEY on the command line before anything is sent.
+fn parse_key(text: &str) -> Result<limiter_common::key::Prefix, Failure> {
+    text.parse()
+        .map_err(|err: limiter_common::key::PrefixError| Failure::Usage(err.to_string()))
+}

@@ -1,0 +1,46 @@
+use super::{print_json, table::yes_no, ApiArgs};
+use crate::api::{Status, STATUS_PATH};
+use crate::exit::Failure;
+
+pub async fn run(args: ApiArgs) -> Result<(), Failure> {
+    let status: Status = args.client().get(STATUS_PATH, &()).await?;
+    if args.json {
+        return print_json(&status);
+    }
+    let interfaces: Vec<String> = status
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.mode))
+        .collect();
+    let c = &status.config;
+    let rows = [
+        ("interfaces", interfaces.join(", ")),
+        ("config", c.source.clone()),
+        ("default limit", format!("{}/s, burst {}", c.rate, c.burst)),
+        (
+            "keys by",
+            format!("/{} (IPv4), /{} (IPv6)", c.ipv4_prefix, c.ipv6_prefix),
+        ),
+        (
+            "tracked keys",
+            format!("{} of at most {}", status.tracked_keys, c.max_keys),
+        ),
+        ("exhausted keys", status.exhausted_keys.to_string()),
+        ("passed", status.passed.to_string()),
+        ("dropped", status.dropped.to_string()),
+        (
+            "not limited",
+            format!(
+                "{} (not IPv4 or not parsable; always passed)",
+                status.not_limited
+            ),
+        ),
+        ("insert failures", status.insert_failed.to_string()),
+        ("dry run", yes_no(status.dry_run).to_owned()),
+        ("pins", c.pin_path.clone()),
+    ];
+    for (name, value) in rows {
+        println!("{name:<16}{value}");
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! Exit statuses of the `limiter` command, so scripts can tell failures apart.
+
+use std::process::ExitCode;
+
+/// Documented in `limiter --help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  the operation failed (the message says why)
+  2  bad usage: unknown flag, malformed KEY or CIDR
+  3  no agent reachable on the API socket (not running, or permission denied)
+  4  the KEY is not tracked";
+
+#[derive(Debug)]
+pub enum Failure {
+    Other(String),
+    Usage(String),
+    Unreachable(String),
+    NotTracked(String),
+}
+
+impl Failure {
+    pub fn report(self) -> ExitCode {
+        let (code, message) = match self {
+            Failure::Other(m) => (1, m),
+            Failure::Usage(m) => (2, m),
+            Failure::Unreachable(m) => (3, m),
+            Failure::NotTracked(m) => (4, m),
+        };
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Failure {
+        Failure::Other(format!("{err:#}"))
+    }
+}

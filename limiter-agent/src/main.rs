@@ -1,0 +1,81 @@
+//! `limiter`: the agent (`limiter agent`) and the operator's CLI, in one binary.
+
+mod agent;
+mod api;
+mod cli;
+mod client;
+mod exit;
+
+use clap::{Parser, Subcommand};
+use exit::Failure;
+use std::process::ExitCode;
+
+/// Where the agent's API listens unless told otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/limiter/limiter.sock";
+
+/// Kernel-accelerated rate limiting for API gateway hosts.
+///
+/// An XDP program keeps one token bucket per client (source address, grouped by prefix) and drops
+/// what is over the limit at the NIC. `limiter agent` loads it and serves an API; the other
+/// commands ask that agent.
+#[derive(Debug, Parser)]
+#[command(name = "limiter", version, after_help = exit::EXIT_CODES_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load and attach the XDP program, apply the config, serve the API (runs until SIGINT/SIGTERM;
+    /// the program stays attached and its state pinned when it exits).
+    Agent(agent::AgentArgs),
+    /// Interfaces, config in force, keys tracked and exhausted, totals passed and dropped.
+    Status(cli::ApiArgs),
+    /// Tracked keys with their bucket state.
+    List(cli::ListArgs),
+    /// One key: rule, rate, burst, remaining, exhausted, retry-after, passed, dropped.
+    Inspect(cli::InspectArgs),
+    /// Give keys a full bucket at once; prints how many were reset.
+    Reset(cli::ResetArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(args),
+        command => run_cli(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn run_agent(args: agent::AgentArgs) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.to_string()))?;
+    runtime.block_on(agent::run(args)).map_err(Failure::from)
+}
+
+fn run_cli(command: Command) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    runtime.block_on(async {
+        match command {
+            Command::Status(args) => cli::status(args).await,
+            Command::List(args) => cli::list::run(args).await,
+            Command::Inspect(args) => cli::inspect::run(args).await,
+            Command::Reset(args) => cli::reset::run(args).await,
+            Command::Agent(_) => unreachable!("handled in main"),
+        }
+    })
+}

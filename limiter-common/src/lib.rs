@@ -1,0 +1,12 @@
+//! Shared between the XDP program (`no_std`, eBPF target) and the agent (feature `user`).
+//!
+//! Everything that both sides must agree on lives here: the layout of every map key and value,
+//! the map names, and the rate-limit arithmetic, so that the kernel's verdict and the agent's
+//! view of a bucket (`remaining`, `retry_after_ms`) can never disagree.
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+pub mod bucket;
+pub mod maps;
+
+#[cfg(feature = "user")]
+pub mod key;
