@@ -4,7 +4,10 @@
 //! them, through `limiter_reset`) and counts into `COUNTERS`.
 #![no_std]
 #![no_main]
+// The atomic intrinsics are the only read-modify-write atomics that lower on the BPF target
+// (`core::sync::atomic` has none there: the target declares no CAS).
 #![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod parse;
@@ -57,7 +60,7 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
     };
     // Map helpers take keys from the stack.
     let key = unsafe { *key };
-    match BUCKETS.get_ptr_mut(&key) {
+    match BUCKETS.get_ptr_mut(key) {
         Some(state) => {
             unsafe { write_volatile(addr_of_mut!((*state).tat_ns), FULL_BUCKET_TAT) };
             xdp_action::XDP_PASS
@@ -109,7 +112,7 @@ fn charge_key(key: &BucketKey, limit: &Limit) -> u32 {
         rule_id: 0,
         flags: 0,
     };
-    match BUCKETS.insert(key, &fresh, BPF_NOEXIST as u64) {
+    match BUCKETS.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => verdict(first.is_some()),
         // Another CPU created the bucket between our lookup and insert: charge that one.
         Err(err) if err == -EEXIST => match BUCKETS.get_ptr_mut(key) {

@@ -1,1 +1,122 @@
-fn main() {}
+//! `cargo xtask …`: everything a newcomer or CI runs, from a fresh machine.
+
+mod demo;
+mod setup;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "limiter's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the XDP program needs (Debian packages, the nightly's rust-src,
+    /// bpf-linker on the nightly's LLVM); does nothing when everything is there. Needs root.
+    Setup,
+    /// Build the release binary target/release/limiter, with the XDP program embedded.
+    Build,
+    /// Run every test: unit, property and the integration tests with real traffic (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Show limiter at work: the real agent on a private veth pair, clients flooding, a reset.
+    Demo,
+    /// rustfmt and clippy (warnings are errors) over the host crates and the eBPF crate.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::ensure()?;
+            build_release()?;
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup::ensure()?;
+            let bin = build_release()?;
+            let mut test = cargo();
+            test.args(["test", "--workspace", "--release"])
+                .args(&args)
+                .env("LIMITER_BIN", &bin);
+            run(&mut test)
+        }
+        Task::Demo => {
+            setup::ensure()?;
+            let bin = build_release()?;
+            demo::run(&bin)
+        }
+        Task::Lint => {
+            setup::ensure()?;
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            let ebpf = root().join("limiter-ebpf");
+            run(nightly_cargo().current_dir(&ebpf).args(["fmt", "--check"]))?;
+            run(nightly_cargo()
+                .current_dir(&ebpf)
+                .args([
+                    "clippy",
+                    "-Z",
+                    "build-std=core",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "--release",
+                ])
+                .args(["--target-dir", "../target/ebpf", "--", "-D", "warnings"]))
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    cmd
+}
+
+/// Builds target/release/limiter and returns its path.
+fn build_release() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "limiter-agent"]))?;
+    Ok(root().join("target/release/limiter"))
+}
+
+/// Runs `cmd`, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

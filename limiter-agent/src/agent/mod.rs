@@ -56,7 +56,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ),
         ConfigSource::File(path) => info!(path = %path.display(), "configuration loaded"),
     }
-    let listener = bind_api_socket(&args.api_socket)?;
+    refuse_if_agent_running(&args.api_socket)?;
 
     bpffs::ensure_pin_dir(&args.pin_path)?;
     let ebpf = EbpfLoader::new()
@@ -91,6 +91,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
 
+    // Bound only now: a connectable socket means the program is attached (tests rely on it).
+    let listener = bind_api_socket(&args.api_socket)?;
     let state = Arc::new(server::AgentState {
         datapath: Mutex::new(datapath),
         interfaces,
@@ -109,15 +111,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the API socket, refusing to take it from a live agent and replacing a stale one.
+/// Refuses to start next to a live agent on the same socket.
+fn refuse_if_agent_running(path: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "an agent is already listening on {} — stop it first, or give this one another --api-socket",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Binds the API socket, replacing a stale one left by an agent that was killed.
 fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    refuse_if_agent_running(path)?;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "an agent is already listening on {} — stop it first, or give this one another --api-socket",
-                path.display()
-            );
-        }
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }

@@ -1,0 +1,36 @@
+//! The test bed behind limiter's integration tests and `cargo xtask demo`: a pair of network
+//! namespaces joined by a veth pair, the real agent attached to the gateway's end, the real
+//! `limiter` CLI, and UDP clients that send from several source addresses.
+//!
+//! Everything stays inside the namespaces it creates, on 198.18.0.0/15; all of it is removed
+//! when the guards are dropped.
+
+pub mod agent;
+pub mod netns;
+pub mod traffic;
+
+use std::path::PathBuf;
+
+/// The `limiter` binary under test: `$LIMITER_BIN` (set by `cargo xtask test`), else the release
+/// build in this workspace.
+pub fn limiter_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LIMITER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/limiter");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run the tests with `cargo xtask test`, or `cargo build --release` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails loudly when the tests cannot do what they need: they must never skip silently.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create network namespaces and load XDP programs: run them as root \
+         (`sudo cargo xtask test`)"
+    );
+}
