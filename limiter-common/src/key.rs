@@ -50,6 +50,14 @@ impl Prefix {
         self.len
     }
 
+    /// The address bytes in network order: 4 for IPv4, 16 for IPv6.
+    pub fn octets(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        }
+    }
+
     pub fn is_ipv4(&self) -> bool {
         self.addr.is_ipv4()
     }
@@ -66,8 +74,8 @@ impl Prefix {
         self.contains(other) || other.contains(self)
     }
 
-    /// The datapath key for this prefix.
-    pub fn to_bucket_key(&self) -> BucketKey {
+    /// The datapath key for this prefix under rule `rule_id`.
+    pub fn to_bucket_key(&self, rule_id: u32) -> BucketKey {
         let mut addr = [0u8; 16];
         let family = match self.addr {
             IpAddr::V4(a) => {
@@ -81,7 +89,9 @@ impl Prefix {
         };
         BucketKey {
             family,
-            prefix_len: self.len as u32,
+            prefix_len: self.len,
+            _pad: 0,
+            rule_id,
             addr,
         }
     }
@@ -98,8 +108,7 @@ impl Prefix {
             FAMILY_IPV6 => IpAddr::V6(Ipv6Addr::from(key.addr)),
             _ => return None,
         };
-        let len = u8::try_from(key.prefix_len).ok()?;
-        (len <= max_len(addr)).then(|| Prefix::new(addr, len))
+        (key.prefix_len <= max_len(addr)).then(|| Prefix::new(addr, key.prefix_len))
     }
 
     /// The key a packet from `source` is counted under, given the configured grouping.
@@ -200,7 +209,7 @@ mod tests {
         assert_eq!(p("2001:2::5").to_string(), "2001:2::5/128");
         assert_eq!(p("2001:2::5/64").to_string(), "2001:2::/64");
         for s in ["198.18.1.7/32", "198.18.0.0/15", "2001:2::/64", "0.0.0.0/0"] {
-            let key = p(s).to_bucket_key();
+            let key = p(s).to_bucket_key(7);
             assert_eq!(Prefix::from_bucket_key(&key).unwrap().to_string(), s);
         }
     }

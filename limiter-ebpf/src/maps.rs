@@ -2,9 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
 };
-use limiter_common::maps::{BucketKey, BucketState, DatapathConfig, COUNTER_SLOTS};
+use limiter_common::maps::{
+    BucketKey, BucketState, DatapathConfig, RuleEntry, COUNTER_SLOTS, MAX_RULES,
+};
 
 /// One bucket per tracked key. `max_entries` is set by the agent from `[agent] max_keys`.
 #[map]
@@ -17,3 +19,9 @@ pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 /// Global counters by `Counter`, per CPU.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// The configured rules, by longest-prefix match on the source address.
+#[map]
+pub static RULES_V4: LpmTrie<[u8; 4], RuleEntry> = LpmTrie::pinned(MAX_RULES, 0);
+#[map]
+pub static RULES_V6: LpmTrie<[u8; 16], RuleEntry> = LpmTrie::pinned(MAX_RULES, 0);

@@ -153,10 +153,9 @@ impl Datapath {
             .program(RESET_PROG)
             .ok_or_else(|| anyhow!("no program {RESET_PROG}"))?
             .try_into()?;
-        let data = key_bytes(key);
         let result = program
             .test_run(TestRunOptions {
-                data_in: Some(&data),
+                data_in: Some(key.as_bytes()),
                 ..TestRunOptions::new()
             })
             .context("running the reset program")?;
@@ -166,14 +165,6 @@ impl Datapath {
             other => Err(anyhow!("the reset program answered {other}")),
         }
     }
-}
-
-fn key_bytes(key: &BucketKey) -> [u8; size_of::<BucketKey>()] {
-    let mut bytes = [0u8; size_of::<BucketKey>()];
-    bytes[..4].copy_from_slice(&key.family.to_ne_bytes());
-    bytes[4..8].copy_from_slice(&key.prefix_len.to_ne_bytes());
-    bytes[8..].copy_from_slice(&key.addr);
-    bytes
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
