@@ -20,6 +20,8 @@ pub struct KeyInfo {
     pub retry_after_ms: u64,
     pub passed: u64,
     pub dropped: u64,
+    /// Over the limit but let through by dry run.
+    pub would_drop: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -37,10 +39,23 @@ pub struct Status {
     pub passed: u64,
     pub dropped: u64,
     pub dry_run: bool,
-    /// Packets the program does not limit (not IPv4, unparsable): always passed.
+    /// Over a limit (or denied) but let through by dry run.
+    pub would_drop: u64,
+    /// Passed by an allow rule, without a bucket.
+    pub allowed_by_rule: u64,
+    /// Matched a deny rule.
+    pub denied_by_rule: u64,
+    /// Never limited: non-IP (ARP …), IPv6 neighbour and router discovery.
     pub not_limited: u64,
+    /// Could not be parsed (truncated, malformed, too many IPv6 extension headers): passed.
+    pub unparsed: u64,
     /// New keys the datapath could not track (map full and nothing evictable): passed.
     pub insert_failed: u64,
+    /// Keys the LRU map evicted to make room (keys created less keys tracked).
+    pub evicted_keys: u64,
+    /// Packets dropped because their bucket's update lost to other CPUs every retry.
+    pub contention_drops: u64,
+    pub rules: usize,
     pub config: ConfigInfo,
 }
 

@@ -1,7 +1,7 @@
 //! Network namespaces joined by a veth pair.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -72,6 +72,9 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 const GATEWAY_MAC: &str = "02:00:c6:12:00:01";
 const CLIENT_MAC: &str = "02:00:c6:12:00:02";
+/// The same MACs as bytes, for hand-made frames.
+pub const GATEWAY_MAC_BYTES: [u8; 6] = [0x02, 0x00, 0xc6, 0x12, 0x00, 0x01];
+pub const CLIENT_MAC_BYTES: [u8; 6] = [0x02, 0x00, 0xc6, 0x12, 0x00, 0x02];
 
 impl TestNet {
     /// `clients` source addresses 198.18.0.10, .11, …; `queues` rx/tx queues on each veth end
@@ -126,6 +129,16 @@ impl TestNet {
         ]);
         ip(&[
             "-n",
+            &gateway.name,
+            "addr",
+            "add",
+            "2001:2::1/48",
+            "dev",
+            &gateway_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
             &client_ns.name,
             "addr",
             "add",
@@ -164,6 +177,20 @@ impl TestNet {
             "nud",
             "permanent",
         ]);
+        ip(&[
+            "-n",
+            &client_ns.name,
+            "-6",
+            "neigh",
+            "replace",
+            "2001:2::1",
+            "lladdr",
+            GATEWAY_MAC,
+            "dev",
+            &client_if,
+            "nud",
+            "permanent",
+        ]);
         TestNet {
             clients: client_ns,
             gateway,
@@ -176,5 +203,29 @@ impl TestNet {
 
     pub fn gateway_ip(&self) -> IpAddr {
         IpAddr::V4(self.gateway_addr)
+    }
+
+    /// The gateway's IPv6 address (2001:2::1, on-link /48 with the clients).
+    pub fn gateway_ip6(&self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1))
+    }
+
+    /// Gives the client namespace another source address (IPv4 in 198.18.0.0/24, IPv6 in
+    /// 2001:2::/48), usable at once (no duplicate address detection).
+    pub fn add_client_addr(&self, addr: IpAddr) {
+        let cidr = match addr {
+            IpAddr::V4(a) => format!("{a}/24"),
+            IpAddr::V6(a) => format!("{a}/48"),
+        };
+        ip(&[
+            "-n",
+            &self.clients.name,
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            &self.client_if,
+            "nodad",
+        ]);
     }
 }

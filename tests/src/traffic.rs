@@ -54,12 +54,22 @@ pub fn flood(
     duration: Duration,
     stop: &AtomicBool,
 ) -> FloodReport {
+    flood_to(clients, &vec![to; clients.len()], duration, stop)
+}
+
+/// Like [`flood`], each client sending to its own destination.
+pub fn flood_to(
+    clients: &[&Client],
+    to: &[SocketAddr],
+    duration: Duration,
+    stop: &AtomicBool,
+) -> FloodReport {
     let mut sent = vec![0u64; clients.len()];
     let start = Instant::now();
     let mut rounds = 0u64;
     while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
         for (i, client) in clients.iter().enumerate() {
-            sent[i] += client.send(to) as u64;
+            sent[i] += client.send(to[i]) as u64;
         }
         rounds += 1;
         // Leave the other core some room for the agent and the CLI.
@@ -81,11 +91,17 @@ pub struct BackgroundFlood {
 
 impl BackgroundFlood {
     pub fn start(clients: Vec<Arc<Client>>, to: SocketAddr) -> BackgroundFlood {
+        let to = vec![to; clients.len()];
+        BackgroundFlood::start_to(clients, to)
+    }
+
+    /// Each client sending to its own destination.
+    pub fn start_to(clients: Vec<Arc<Client>>, to: Vec<SocketAddr>) -> BackgroundFlood {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
             let refs: Vec<&Client> = clients.iter().map(|c| c.as_ref()).collect();
-            flood(&refs, to, Duration::from_secs(3600), &flag)
+            flood_to(&refs, &to, Duration::from_secs(3600), &flag)
         });
         BackgroundFlood {
             stop,
@@ -160,4 +176,85 @@ impl Drop for Receiver {
             let _ = handle.join();
         }
     }
+}
+
+/// Sends hand-made Ethernet frames out of an interface (an AF_PACKET socket): sources no socket
+/// could bind, such as a flood from thousands of random addresses.
+pub struct RawSender {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl RawSender {
+    pub fn new(ns: &Netns, ifname: &str) -> RawSender {
+        let name = std::ffi::CString::new(ifname).unwrap();
+        let (fd, ifindex) = ns.run(move || {
+            use std::os::fd::FromRawFd;
+            // Protocol 0: the socket only sends.
+            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(
+                raw >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert!(ifindex != 0, "no interface {name:?}");
+            (
+                unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) },
+                ifindex as i32,
+            )
+        });
+        RawSender { fd, ifindex }
+    }
+
+    /// Sends one frame; false when the kernel refused it.
+    pub fn send(&self, frame: &[u8]) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        sent == frame.len() as isize
+    }
+}
+
+/// An Ethernet + IPv4 + UDP frame from `src` to `dst`:`port`, between the test bed's MACs.
+pub fn ipv4_udp_frame(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u16) -> Vec<u8> {
+    let payload = b"limiter test";
+    let total_len = (20 + 8 + payload.len()) as u16;
+    let mut frame = Vec::with_capacity(14 + total_len as usize);
+    frame.extend_from_slice(&crate::netns::GATEWAY_MAC_BYTES);
+    frame.extend_from_slice(&crate::netns::CLIENT_MAC_BYTES);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+    ip[8] = 64; // TTL
+    ip[9] = 17; // UDP
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = ip
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&40000u16.to_be_bytes());
+    frame.extend_from_slice(&port.to_be_bytes());
+    frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]); // no UDP checksum
+    frame.extend_from_slice(payload);
+    frame
 }

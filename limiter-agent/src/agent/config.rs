@@ -3,7 +3,10 @@
 
 use limiter_common::bucket::Limit;
 use limiter_common::key::Prefix;
-use limiter_common::maps::DatapathConfig;
+use limiter_common::maps::{
+    DatapathConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, CONFIG_DRY_RUN, CONFIG_HAS_RULES_V4,
+    CONFIG_HAS_RULES_V6, DEFAULT_RULE_ID,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -34,7 +37,7 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
-    pub rules: Vec<Rule>,
+    pub rules: Vec<toml::Spanned<Rule>>,
     #[serde(default)]
     pub agent: AgentSection,
     #[serde(default)]
@@ -206,29 +209,115 @@ impl Config {
             origin: origin.to_owned(),
             message: describe_toml_error(text, &err),
         })?;
-        config.check_supported(text, origin)?;
+        config.check(text, origin)?;
         Ok(config)
     }
 
-    /// Refuses what this build parses but does not enforce yet, rather than ignore it silently.
-    fn check_supported(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
-        let unsupported = |needle: &str, what: &str| ConfigError::Invalid {
+    /// Checks what the types alone cannot: rules that contradict themselves or each other, and
+    /// what this build parses but does not enforce yet (refused rather than ignored).
+    fn check(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |line: usize, message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
-            message: format!(
-                "line {}: {what} is not enforced by this version of limiter yet; remove it",
-                line_of(text, needle)
-            ),
+            message: format!("line {line}: {message}"),
         };
-        if !self.rules.is_empty() {
-            return Err(unsupported("[[rules]]", "[[rules]]"));
-        }
-        if self.limits.dry_run {
-            return Err(unsupported("dry_run", "dry_run = true"));
+        let mut seen: Vec<(&Rule, usize)> = Vec::new();
+        for spanned in &self.rules {
+            let rule = spanned.get_ref();
+            let line = line_at(text, spanned.span().start);
+            if rule.name.trim().is_empty() {
+                return Err(invalid(line, "a rule needs a name".into()));
+            }
+            match rule.action {
+                Action::Limit if rule.rate.is_none() || rule.burst.is_none() => {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "rule '{}': action = \"limit\" needs rate and burst",
+                            rule.name
+                        ),
+                    ))
+                }
+                Action::Allow | Action::Deny
+                    if rule.rate.is_some() || rule.burst.is_some() || rule.shared =>
+                {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "rule '{}': rate, burst and shared go only with action = \"limit\"",
+                            rule.name
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            for (other, other_line) in &seen {
+                if other.name == rule.name {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "the rule name '{}' is used twice (lines {other_line} and {line})",
+                            rule.name
+                        ),
+                    ));
+                }
+                if other.cidr == rule.cidr {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "rules '{}' and '{}' both have cidr {}",
+                            other.name, rule.name, rule.cidr
+                        ),
+                    ));
+                }
+                if rule_id(&other.name) == rule_id(&rule.name) {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "the rule names '{}' and '{}' hash alike; rename one",
+                            other.name, rule.name
+                        ),
+                    ));
+                }
+            }
+            seen.push((rule, line));
         }
         if self.alerts.webhook.is_some() {
-            return Err(unsupported("webhook", "[alerts] webhook"));
+            return Err(invalid(
+                line_of(text, "webhook"),
+                "[alerts] webhook is not supported by this version of limiter yet; remove it"
+                    .into(),
+            ));
         }
         Ok(())
+    }
+
+    /// The rules as the datapath and the API use them.
+    pub fn resolved_rules(&self) -> Vec<ResolvedRule> {
+        self.rules
+            .iter()
+            .map(|spanned| {
+                let rule = spanned.get_ref();
+                ResolvedRule {
+                    id: rule_id(&rule.name),
+                    name: rule.name.clone(),
+                    cidr: rule.cidr,
+                    action: rule.action,
+                    limit: match (rule.rate, rule.burst) {
+                        (Some(rate), Some(burst)) => Limit::new(rate.get(), burst.get()),
+                        _ => self.default_limit(),
+                    },
+                    shared: rule.shared,
+                }
+            })
+            .collect()
+    }
+
+    /// The rule with the longest CIDR containing `prefix`, if any.
+    pub fn rule_for(&self, prefix: &Prefix) -> Option<ResolvedRule> {
+        self.resolved_rules()
+            .into_iter()
+            .filter(|r| r.cidr.contains(prefix))
+            .max_by_key(|r| r.cidr.prefix_len())
     }
 
     /// The default limit as the datapath applies it.
@@ -238,13 +327,60 @@ impl Config {
 
     /// What the datapath is told.
     pub fn datapath(&self) -> DatapathConfig {
+        let rules = self.resolved_rules();
+        let mut flags = 0;
+        if self.limits.dry_run {
+            flags |= CONFIG_DRY_RUN;
+        }
+        if rules.iter().any(|r| r.cidr.is_ipv4()) {
+            flags |= CONFIG_HAS_RULES_V4;
+        }
+        if rules.iter().any(|r| !r.cidr.is_ipv4()) {
+            flags |= CONFIG_HAS_RULES_V6;
+        }
         DatapathConfig {
             default_limit: self.default_limit(),
             ipv4_prefix: self.limits.ipv4_prefix as u32,
             ipv6_prefix: self.limits.ipv6_prefix as u32,
-            flags: 0,
+            flags,
             valid: 1,
         }
+    }
+}
+
+/// A rule ready for the datapath: its stable id, action and limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedRule {
+    pub id: u32,
+    pub name: String,
+    pub cidr: Prefix,
+    pub action: Action,
+    /// The rule's own limit (`[limits]` for allow and deny, where it does not apply).
+    pub limit: Limit,
+    pub shared: bool,
+}
+
+impl ResolvedRule {
+    pub fn action_code(&self) -> u32 {
+        match self.action {
+            Action::Allow => ACTION_ALLOW,
+            Action::Deny => ACTION_DENY,
+            Action::Limit => ACTION_LIMIT,
+        }
+    }
+}
+
+/// A rule's id: a hash of its name, so that a bucket keeps its rule across reloads that reorder
+/// or edit rules (the id is part of the bucket key). 0 is `[limits]`.
+pub fn rule_id(name: &str) -> u32 {
+    // FNV-1a, 32 bits.
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    if hash == DEFAULT_RULE_ID {
+        1
+    } else {
+        hash
     }
 }
 
@@ -265,8 +401,12 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
 
 /// The 1-based line of the first occurrence of `needle`, or 1.
 fn line_of(text: &str, needle: &str) -> usize {
-    text.find(needle)
-        .map_or(1, |at| text[..at].matches('\n').count() + 1)
+    text.find(needle).map_or(1, |at| line_at(text, at))
+}
+
+/// The 1-based line of byte offset `at`.
+fn line_at(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
 }
 
 #[cfg(test)]
@@ -311,6 +451,11 @@ mod tests {
                 "198.18.1.0/24",
             ),
             (
+                "[[rules]]\nname = \"x\"\ncidr = \"198.18.0.0/16\"\n",
+                "line 1",
+                "missing field `action`",
+            ),
+            (
                 "[[rules]]\nname = \"x\"\ncidr = \"198.18.0.0/16\"\naction = \"block\"\n",
                 "line 4",
                 "unknown variant",
@@ -325,11 +470,73 @@ mod tests {
     }
 
     #[test]
-    fn features_not_enforced_yet_are_refused_not_ignored() {
-        let err = invalid("[limits]\nrate = 5\ndry_run = true\n");
-        assert!(err.contains("line 3") && err.contains("dry_run"), "{err}");
-        let err =
-            invalid("[[rules]]\nname = \"o\"\ncidr = \"198.18.7.0/24\"\naction = \"allow\"\n");
-        assert!(err.contains("line 1") && err.contains("rules"), "{err}");
+    fn rules_that_contradict_themselves_or_each_other_are_refused() {
+        let rule = |name: &str, cidr: &str, rest: &str| {
+            format!("[[rules]]\nname = \"{name}\"\ncidr = \"{cidr}\"\n{rest}\n")
+        };
+        let cases = [
+            (
+                rule("a", "198.18.0.0/16", "action = \"limit\""),
+                "line 1",
+                "needs rate and burst",
+            ),
+            (
+                rule("a", "198.18.0.0/16", "action = \"allow\"\nrate = 5"),
+                "line 1",
+                "only with",
+            ),
+            (
+                rule("a", "198.18.0.0/16", "action = \"deny\"")
+                    + &rule("a", "198.18.1.0/24", "action = \"deny\""),
+                "line 5",
+                "used twice (lines 1 and 5)",
+            ),
+            (
+                rule("a", "198.18.0.0/16", "action = \"deny\"")
+                    + &rule("b", "198.18.0.0/16", "action = \"allow\""),
+                "line 5",
+                "both have cidr",
+            ),
+            (
+                "[alerts]\nwebhook = \"http://127.0.0.1:9/x\"\n".to_owned(),
+                "line 2",
+                "webhook",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let err = invalid(&text);
+            assert!(
+                err.contains(line) && err.contains(what),
+                "expected {line} and {what} in: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_resolve_with_stable_ids_and_longest_match() {
+        let text = "[limits]\ndry_run = true\n\n[[rules]]\nname = \"office\"\ncidr = \"198.18.7.0/24\"\naction = \"allow\"\n\n\
+                    [[rules]]\nname = \"tenant\"\ncidr = \"2001:2::/48\"\naction = \"limit\"\nrate = 50\nburst = 100\nshared = true\n\n\
+                    [[rules]]\nname = \"lab\"\ncidr = \"198.18.0.0/16\"\naction = \"deny\"\n";
+        let config = Config::parse(text, "t.toml").unwrap();
+        let rules = config.resolved_rules();
+        assert_eq!(rules[0].id, rule_id("office"));
+        assert_ne!(rules[0].id, DEFAULT_RULE_ID);
+        assert_eq!(rules[1].limit, Limit::new(50, 100));
+        assert!(rules[1].shared);
+        let in_office: Prefix = "198.18.7.9".parse().unwrap();
+        assert_eq!(config.rule_for(&in_office).unwrap().name, "office");
+        assert_eq!(
+            config
+                .rule_for(&"198.18.9.9".parse().unwrap())
+                .unwrap()
+                .name,
+            "lab"
+        );
+        assert!(config.rule_for(&"198.19.0.1".parse().unwrap()).is_none());
+        let datapath = config.datapath();
+        assert_eq!(
+            datapath.flags,
+            CONFIG_DRY_RUN | CONFIG_HAS_RULES_V4 | CONFIG_HAS_RULES_V6
+        );
     }
 }

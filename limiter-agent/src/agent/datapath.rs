@@ -1,16 +1,19 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
+use super::config::{Config, ResolvedRule};
 use crate::api::{KeyInfo, SortBy};
 use anyhow::{anyhow, Context};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use limiter_common::bucket::{self, Limit};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
-    BucketKey, BucketState, Counter, DatapathConfig, BUCKETS_MAP, CONFIG_MAP, COUNTERS_MAP,
-    RESET_PROG,
+    BucketKey, BucketState, Counter, DatapathConfig, RuleEntry, BUCKETS_MAP, CONFIG_MAP,
+    COUNTERS_MAP, DEFAULT_RULE_ID, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP, RULE_SHARED,
 };
+use std::collections::HashMap as StdHashMap;
 
 /// XDP verdicts of the reset program (see limiter-ebpf).
 const RESET_DONE: u32 = 2; // XDP_PASS
@@ -22,8 +25,10 @@ pub struct Datapath {
     buckets: HashMap<MapData, BucketKey, BucketState>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
-    /// The limit in force, for computing `remaining` and `retry_after_ms`.
-    limit: Limit,
+    rules_v4: LpmTrie<MapData, [u8; 4], RuleEntry>,
+    rules_v6: LpmTrie<MapData, [u8; 16], RuleEntry>,
+    /// The limits in force by rule id, for `rule`, `remaining` and `retry_after_ms`.
+    limits: StdHashMap<u32, (String, Limit)>,
 }
 
 /// Sums of the global per-CPU counters.
@@ -31,8 +36,14 @@ pub struct Datapath {
 pub struct Totals {
     pub passed: u64,
     pub dropped: u64,
+    pub would_drop: u64,
+    pub allowed_by_rule: u64,
+    pub denied_by_rule: u64,
     pub not_limited: u64,
+    pub unparsed: u64,
     pub insert_failed: u64,
+    pub keys_created: u64,
+    pub contention_drops: u64,
 }
 
 impl Datapath {
@@ -44,6 +55,8 @@ impl Datapath {
         let buckets = HashMap::try_from(take(BUCKETS_MAP)?)?;
         let config = Array::try_from(take(CONFIG_MAP)?)?;
         let counters = PerCpuArray::try_from(take(COUNTERS_MAP)?)?;
+        let rules_v4 = LpmTrie::try_from(take(RULES_V4_MAP)?)?;
+        let rules_v6 = LpmTrie::try_from(take(RULES_V6_MAP)?)?;
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -54,7 +67,9 @@ impl Datapath {
             buckets,
             config,
             counters,
-            limit: Limit::new(1, 1),
+            rules_v4,
+            rules_v6,
+            limits: StdHashMap::new(),
         })
     }
 
@@ -62,12 +77,76 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// Tells the datapath the configuration; it applies to the next packet.
-    pub fn apply(&mut self, config: DatapathConfig) -> anyhow::Result<()> {
+    /// Tells the datapath the configuration: the rules first, then the config that enables them,
+    /// so that every packet sees either the old rule set or the new one's entries.
+    pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
+        let rules = config.resolved_rules();
+        self.write_rules(&rules)?;
+        let datapath: DatapathConfig = config.datapath();
         self.config
-            .set(0, config, 0)
+            .set(0, datapath, 0)
             .context("writing the CONFIG map")?;
-        self.limit = config.default_limit;
+        self.limits = rules
+            .iter()
+            .map(|r| (r.id, (r.name.clone(), r.limit)))
+            .chain([(
+                DEFAULT_RULE_ID,
+                ("default".to_owned(), datapath.default_limit),
+            )])
+            .collect();
+        Ok(())
+    }
+
+    /// Makes the rule tries hold exactly `rules`.
+    fn write_rules(&mut self, rules: &[ResolvedRule]) -> anyhow::Result<()> {
+        let entry = |rule: &ResolvedRule| RuleEntry {
+            id: rule.id,
+            action: rule.action_code(),
+            flags: if rule.shared { RULE_SHARED } else { 0 },
+            prefix_len: rule.cidr.prefix_len() as u32,
+            limit: rule.limit,
+        };
+        let mut wanted_v4 = Vec::new();
+        let mut wanted_v6 = Vec::new();
+        for rule in rules {
+            let octets = rule.cidr.octets();
+            let len = rule.cidr.prefix_len() as u32;
+            if rule.cidr.is_ipv4() {
+                let key = LpmKey::new(len, <[u8; 4]>::try_from(&octets[..]).unwrap());
+                self.rules_v4
+                    .insert(&key, entry(rule), 0)
+                    .context("writing RULES_V4")?;
+                wanted_v4.push((len, key.data()));
+            } else {
+                let key = LpmKey::new(len, <[u8; 16]>::try_from(&octets[..]).unwrap());
+                self.rules_v6
+                    .insert(&key, entry(rule), 0)
+                    .context("writing RULES_V6")?;
+                wanted_v6.push((len, key.data()));
+            }
+        }
+        let stale_v4: Vec<_> = self
+            .rules_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_v4.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale_v4 {
+            self.rules_v4
+                .remove(&key)
+                .context("removing from RULES_V4")?;
+        }
+        let stale_v6: Vec<_> = self
+            .rules_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_v6.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale_v6 {
+            self.rules_v6
+                .remove(&key)
+                .context("removing from RULES_V6")?;
+        }
         Ok(())
     }
 
@@ -79,8 +158,14 @@ impl Datapath {
         Ok(Totals {
             passed: sum(Counter::Passed)?,
             dropped: sum(Counter::Dropped)?,
+            would_drop: sum(Counter::WouldDrop)?,
+            allowed_by_rule: sum(Counter::AllowedByRule)?,
+            denied_by_rule: sum(Counter::DeniedByRule)?,
             not_limited: sum(Counter::NotLimited)?,
+            unparsed: sum(Counter::Unparsed)?,
             insert_failed: sum(Counter::InsertFailed)?,
+            keys_created: sum(Counter::KeysCreated)?,
+            contention_drops: sum(Counter::ContentionDrops)?,
         })
     }
 
@@ -132,10 +217,19 @@ impl Datapath {
 
     fn describe(&self, key: &BucketKey, state: &BucketState, now: u64) -> Option<KeyInfo> {
         let prefix = Prefix::from_bucket_key(key)?;
-        let limit = &self.limit;
+        // A bucket of a rule that is no longer configured: shown under its last known limit
+        // until the LRU map evicts it.
+        let (rule, limit) = match self.limits.get(&key.rule_id) {
+            Some((name, limit)) => (name.clone(), *limit),
+            None => (
+                format!("removed rule #{}", key.rule_id),
+                self.limits.get(&DEFAULT_RULE_ID)?.1,
+            ),
+        };
+        let limit = &limit;
         Some(KeyInfo {
             key: prefix.to_string(),
-            rule: "default".to_owned(),
+            rule,
             rate: limit.rate(),
             burst: limit.burst(),
             remaining: bucket::remaining(state.tat_ns, now, limit),
@@ -143,6 +237,7 @@ impl Datapath {
             retry_after_ms: bucket::retry_after_ns(state.tat_ns, now, limit).div_ceil(1_000_000),
             passed: state.passed,
             dropped: state.dropped,
+            would_drop: state.would_drop,
         })
     }
 

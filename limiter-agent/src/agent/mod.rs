@@ -70,7 +70,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             )
         })?;
     let mut datapath = Datapath::new(ebpf)?;
-    datapath.apply(config.datapath())?;
+    datapath.apply(&config)?;
 
     let mut interfaces = Vec::new();
     {

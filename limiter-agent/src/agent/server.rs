@@ -1,6 +1,6 @@
 //! The JSON API on the Unix socket.
 
-use super::config::{Config, ConfigSource};
+use super::config::{Action, Config, ConfigSource};
 use super::datapath::Datapath;
 use crate::api::*;
 use axum::extract::{Query, State};
@@ -75,8 +75,15 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
             passed: totals.passed,
             dropped: totals.dropped,
             dry_run: limits.dry_run,
+            would_drop: totals.would_drop,
+            allowed_by_rule: totals.allowed_by_rule,
+            denied_by_rule: totals.denied_by_rule,
             not_limited: totals.not_limited,
+            unparsed: totals.unparsed,
             insert_failed: totals.insert_failed,
+            evicted_keys: totals.keys_created.saturating_sub(keys.len() as u64),
+            contention_drops: totals.contention_drops,
+            rules: state.config.rules.len(),
             config: ConfigInfo {
                 source: state.config_source.to_string(),
                 rate: limits.rate.get(),
@@ -117,7 +124,7 @@ async fn inspect(
     Query(query): Query<InspectQuery>,
 ) -> Result<Json<KeyInfo>, Failure> {
     let wanted = parse_key(&query.key)?;
-    with_datapath(&state, move |datapath, _| {
+    with_datapath(&state, move |datapath, state| {
         let mut matches: Vec<_> = datapath
             .keys()?
             .into_iter()
@@ -127,7 +134,15 @@ async fn inspect(
         match matches.len() {
             0 => Err(Failure(
                 StatusCode::NOT_FOUND,
-                format!("{wanted} is not tracked: no packet from it since its key was last evicted, or ever"),
+                match state.config.rule_for(&wanted) {
+                    Some(rule) if rule.action != Action::Limit => format!(
+                        "{wanted} is not tracked: rule '{}' ({}) {} it without a bucket",
+                        rule.name,
+                        rule.cidr,
+                        if rule.action == Action::Allow { "allows" } else { "denies" }
+                    ),
+                    _ => format!("{wanted} is not tracked: no packet from it since its key was last evicted, or ever"),
+                },
             )),
             1 => Ok(Json(matches.remove(0))),
             n => {

@@ -38,7 +38,9 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let mut out = table::new_table(&[
+    // The dry-run column only when dry run let something through.
+    let dry_run = keys.iter().any(|k| k.would_drop > 0);
+    let mut header = vec![
         "KEY",
         "RULE",
         "RATE",
@@ -48,9 +50,13 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
         "RETRY",
         "PASSED",
         "DROPPED",
-    ]);
+    ];
+    if dry_run {
+        header.push("WOULD DROP");
+    }
+    let mut out = table::new_table(&header);
     for k in &keys {
-        out.add_row(vec![
+        let mut row = vec![
             k.key.clone(),
             k.rule.clone(),
             format!("{}/s", k.rate),
@@ -60,7 +66,11 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
             table::retry_after(k.retry_after_ms),
             k.passed.to_string(),
             k.dropped.to_string(),
-        ]);
+        ];
+        if dry_run {
+            row.push(k.would_drop.to_string());
+        }
+        out.add_row(row);
     }
     println!("{out}");
     Ok(())

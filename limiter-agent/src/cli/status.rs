@@ -26,21 +26,40 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
             format!("{} of at most {}", status.tracked_keys, c.max_keys),
         ),
         ("exhausted keys", status.exhausted_keys.to_string()),
+        ("rules", status.rules.to_string()),
         ("passed", status.passed.to_string()),
         ("dropped", status.dropped.to_string()),
+        ("dry run", yes_no(status.dry_run).to_owned()),
+        (
+            "would drop",
+            format!("{} (let through by dry run)", status.would_drop),
+        ),
+        ("allowed by rule", status.allowed_by_rule.to_string()),
+        ("denied by rule", status.denied_by_rule.to_string()),
         (
             "not limited",
             format!(
-                "{} (not IPv4 or not parsable; always passed)",
+                "{} (ARP, IPv6 neighbour discovery …; always passed)",
                 status.not_limited
             ),
         ),
+        (
+            "unparsed",
+            format!("{} (truncated or malformed; passed)", status.unparsed),
+        ),
+        ("evicted keys", status.evicted_keys.to_string()),
         ("insert failures", status.insert_failed.to_string()),
-        ("dry run", yes_no(status.dry_run).to_owned()),
+        (
+            "contention",
+            format!(
+                "{} dropped after losing every retry to other CPUs",
+                status.contention_drops
+            ),
+        ),
         ("pins", c.pin_path.clone()),
     ];
     for (name, value) in rows {
-        println!("{name:<16}{value}");
+        println!("{name:<17}{value}");
     }
     Ok(())
 }
