@@ -1,17 +1,83 @@
-//! Bounded header walk. Every read is checked against the packet's end first, as the verifier
-//! demands. What the program does not limit (non-IP, neighbour discovery) and what it cannot
-//! parse are told apart, and both pass.
+//! Bounded header walk. Every read is checked against the packet's end right before it, as the
+//! verifier demands. What the program does not limit (non-IP, neighbour discovery) and what it
+//! cannot parse are told apart, and both pass.
+//!
+//! The walk:
+//! - Ethernet, then at most [`MAX_VLAN_TAGS`] 802.1Q / 802.1ad tags; an IP ethertype goes on,
+//!   any other ethertype is [`Parsed::NotLimited`] (a tag beyond the bound is [`Parsed::Unparsed`]).
+//! - IPv4: version 4, IHL ≥ 5 and the whole `IHL·4`-byte header inside the packet; options and
+//!   fragments are keyed by their source like any other IPv4 packet.
+//! - IPv6: version 6 and the 40-byte header inside the packet, then at most
+//!   [`MAX_EXT_HEADERS`] extension headers, each wholly inside the packet (one more is
+//!   [`Parsed::Unparsed`]). ICMPv6 neighbour and router discovery (types 133–137, with the
+//!   4-byte ICMPv6 header inside the packet) is [`Parsed::NotLimited`]; every other upper layer,
+//!   and a non-first fragment (its upper-layer header is not in it), is keyed by the source.
+//!
+//! Only the headers the decision needs are read: a packet whose payload is cut short but whose
+//! headers are whole is keyed by its source.
+//!
+//! Notes on the verifier: a read at a variable offset (past the IPv6 extension headers) is
+//! always at least 2 bytes wide. For a 1-byte read LLVM rewrites the check `p + 1 > end` into
+//! `end > p`, from which the verifier learns no range when `p` carries a variable offset, and
+//! rejects the read. The header walk's offset stays below 64 KiB (the verifier's limit for
+//! packet offsets): at most 22 bytes of Ethernet and VLAN, 40 of IPv6 and
+//! [`MAX_EXT_HEADERS`] × 2 KiB of extension headers.
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 
 const ETH_HDR_LEN: usize = 14;
+/// Offset of the ethertype in the Ethernet header.
+const ETH_TYPE_OFFSET: usize = 12;
+/// Bytes a VLAN tag adds (TCI and the inner ethertype after the tag's own TPID).
+const VLAN_TAG_LEN: usize = 4;
+
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+/// 802.1Q customer tag.
+const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad service tag (QinQ).
+const ETH_P_8021AD: u16 = 0x88A8;
+/// Pre-standard QinQ service tag.
+const ETH_P_QINQ1: u16 = 0x9100;
+
+/// VLAN tags parsed at most (QinQ: a service tag and a customer tag).
+pub const MAX_VLAN_TAGS: usize = 2;
+
+const IPV4_MIN_HDR_LEN: usize = 20;
 /// Offset of the source address inside the IPv4 header.
 const IPV4_SRC_OFFSET: usize = 12;
+
+const IPV6_HDR_LEN: usize = 40;
+/// Offset of the next-header field inside the IPv6 header.
+const IPV6_NEXT_HDR_OFFSET: usize = 6;
 /// Offset of the source address inside the IPv6 header.
 const IPV6_SRC_OFFSET: usize = 8;
+
+/// IPv6 extension headers skipped at most before the upper-layer header; a packet with more is
+/// [`Parsed::Unparsed`]. Each is at most 2 KiB, so the walk stays far below the verifier's
+/// 64 KiB packet offset limit.
+pub const MAX_EXT_HEADERS: usize = 6;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MOBILITY: u8 = 135;
+
+/// The fragment header's fixed length.
+const IPV6_FRAG_HDR_LEN: usize = 8;
+
+/// The ICMPv6 header: type, code, checksum.
+const ICMPV6_HDR_LEN: usize = 4;
+/// ICMPv6 router solicitation; 134 router advertisement, 135 neighbour solicitation,
+/// 136 neighbour advertisement and 137 redirect follow it: neighbour and router discovery.
+const ICMPV6_ND_FIRST: u8 = 133;
+const ICMPV6_ND_LAST: u8 = 137;
+/// The hop limit every genuine neighbour-discovery message carries.
+const ND_HOP_LIMIT: u8 = 255;
 
 /// The source address of a packet the program limits.
 pub enum Source {
@@ -40,49 +106,157 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// The `T` at `offset` bytes into the packet, if the packet is long enough.
 #[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// Whether the packet has `len` bytes from `offset` on (`len` ≥ 1).
+#[inline(always)]
+fn has(ctx: &XdpContext, offset: usize, len: usize) -> bool {
+    ptr_at::<u8>(ctx, offset + len - 1).is_some()
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1)
+}
+
 /// Classifies an Ethernet frame.
 #[inline(always)]
 pub fn classify(ctx: &XdpContext) -> Parsed {
-    let Some(ether_type) = read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) else {
+    let Some(ether_type) = read::<[u8; 2]>(ctx, ETH_TYPE_OFFSET) else {
         return Parsed::Unparsed;
     };
+    let mut ether_type = u16::from_be_bytes(ether_type);
+    // Where the header after the (last) ethertype starts.
+    let mut l3 = ETH_HDR_LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        // The tag: TCI (2 bytes), then the inner ethertype.
+        let Some(inner) = read::<[u8; 2]>(ctx, l3 + 2) else {
+            return Parsed::Unparsed;
+        };
+        ether_type = u16::from_be_bytes(inner);
+        l3 += VLAN_TAG_LEN;
+    }
     match ether_type {
-        ETH_P_IPV4 => ipv4(ctx, ETH_HDR_LEN),
-        ETH_P_IPV6 => ipv6(ctx, ETH_HDR_LEN),
+        ETH_P_IPV4 => ipv4(ctx, l3),
+        ETH_P_IPV6 => ipv6(ctx, l3),
+        // A third tag: beyond the bound.
+        t if is_vlan(t) => Parsed::Unparsed,
         _ => Parsed::NotLimited,
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(version_ihl) = read::<u8>(ctx, offset) else {
+fn ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(hdr) = ptr_at::<[u8; IPV4_MIN_HDR_LEN]>(ctx, l3) else {
         return Parsed::Unparsed;
     };
-    // Version 4, and a header length of at least the 20-byte minimum.
-    if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+    // SAFETY: `ptr_at` checked that the 20 bytes are inside the packet; single fields are read.
+    let (version_ihl, source) = unsafe {
+        let hdr = hdr.cast::<u8>();
+        (
+            hdr.read(),
+            hdr.add(IPV4_SRC_OFFSET).cast::<[u8; 4]>().read_unaligned(),
+        )
+    };
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    // Version 4, and a header length of at least the 20-byte minimum …
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HDR_LEN {
         return Parsed::Unparsed;
     }
-    match read::<[u8; 4]>(ctx, offset + IPV4_SRC_OFFSET) {
-        Some(source) => Parsed::Source(Source::V4(source)),
-        None => Parsed::Unparsed,
+    // … all of it (with its options) inside the packet.
+    if header_len > IPV4_MIN_HDR_LEN && !has(ctx, l3, header_len) {
+        return Parsed::Unparsed;
     }
+    Parsed::Source(Source::V4(source))
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(version) = read::<u8>(ctx, offset) else {
+fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(hdr) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, l3) else {
         return Parsed::Unparsed;
     };
-    if version >> 4 != 6 {
+    // SAFETY: `ptr_at` checked that the 40 bytes are inside the packet; single fields are read.
+    let (version, mut next, hop_limit, source) = unsafe {
+        let hdr = hdr.cast::<u8>();
+        (
+            hdr.read() >> 4,
+            hdr.add(IPV6_NEXT_HDR_OFFSET).read(),
+            hdr.add(IPV6_NEXT_HDR_OFFSET + 1).read(),
+            hdr.add(IPV6_SRC_OFFSET).cast::<[u8; 16]>().read_unaligned(),
+        )
+    };
+    if version != 6 {
         return Parsed::Unparsed;
     }
-    match read::<[u8; 16]>(ctx, offset + IPV6_SRC_OFFSET) {
-        Some(source) => Parsed::Source(Source::V6(source)),
-        None => Parsed::Unparsed,
+    let mut offset = l3 + IPV6_HDR_LEN;
+    // One round per header: up to MAX_EXT_HEADERS extension headers, then the upper layer.
+    for round in 0..=MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_ICMPV6 => {
+                // Type, code, checksum: the whole ICMPv6 header, and never a 1-byte read at a
+                // variable offset (see the module's notes on the verifier).
+                let Some([icmp_type, ..]) = read::<[u8; ICMPV6_HDR_LEN]>(ctx, offset) else {
+                    return Parsed::Unparsed;
+                };
+                // Neighbour discovery is only valid with hop limit 255 (RFC 4861 §6.1, §7.1):
+                // anything else claiming to be ND is no ND, and is limited like other traffic
+                // rather than let through unlimited.
+                if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&icmp_type)
+                    && hop_limit == ND_HOP_LIMIT
+                {
+                    return Parsed::NotLimited;
+                }
+                return Parsed::Source(Source::V6(source));
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MOBILITY | IPPROTO_AH
+            | IPPROTO_FRAGMENT => {}
+            // TCP, UDP, ESP, No Next Header, anything else: limited by the source.
+            _ => return Parsed::Source(Source::V6(source)),
+        }
+        if round == MAX_EXT_HEADERS {
+            // One extension header too many.
+            return Parsed::Unparsed;
+        }
+        let len = match next {
+            IPPROTO_FRAGMENT => {
+                let Some(frag) = read::<[u8; IPV6_FRAG_HDR_LEN]>(ctx, offset) else {
+                    return Parsed::Unparsed;
+                };
+                // The fragment offset: the upper 13 bits of bytes 2–3.
+                if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
+                    // A later fragment does not carry the upper-layer header.
+                    return Parsed::Source(Source::V6(source));
+                }
+                next = frag[0];
+                IPV6_FRAG_HDR_LEN
+            }
+            _ => {
+                // Next header, then the length, not counting the first 8 bytes: in 4-byte
+                // units for AH, in 8-byte units for the others.
+                let Some([nh, units]) = read::<[u8; 2]>(ctx, offset) else {
+                    return Parsed::Unparsed;
+                };
+                let len = if next == IPPROTO_AH {
+                    (usize::from(units) + 2) * 4
+                } else {
+                    (usize::from(units) + 1) * 8
+                };
+                next = nh;
+                len
+            }
+        };
+        // The whole extension header must be inside the packet.
+        if !has(ctx, offset, len) {
+            return Parsed::Unparsed;
+        }
+        offset += len;
     }
+    Parsed::Unparsed
 }

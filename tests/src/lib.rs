@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod netns;
+pub mod object;
 pub mod traffic;
 
 use std::path::PathBuf;

@@ -1,0 +1,163 @@
+//! The built XDP object, loaded into the kernel but attached nowhere, for driving the `limiter`
+//! program with crafted packets through `BPF_PROG_TEST_RUN`. No namespace, no interface: each
+//! [`XdpObject`] has maps of its own, pinned in a directory of its own that is removed on drop.
+
+use crate::agent::{ensure_bpffs, TEST_BPFFS};
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use limiter_common::bucket::Limit;
+use limiter_common::maps::{
+    counter_index, Counter, DatapathConfig, BUCKETS_MAP, CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// XDP verdicts (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// Entries of the bucket map in these objects.
+const MAX_KEYS: u32 = 65_536;
+
+/// The object built by `cargo build --release`: `$LIMITER_BPF_OBJECT_PATH`, else
+/// `<workspace>/target/ebpf/bpfel-unknown-none/release/limiter`.
+pub fn object_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("LIMITER_BPF_OBJECT_PATH") {
+        return PathBuf::from(path);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/bpfel-unknown-none/release/limiter")
+}
+
+static NEXT_OBJECT: AtomicU32 = AtomicU32::new(0);
+
+/// The `limiter` XDP program, loaded (not attached), with a configuration written.
+pub struct XdpObject {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    _pin_dir: PinDir,
+}
+
+/// The directory the object's maps are pinned in; removed on drop.
+struct PinDir(PathBuf);
+
+impl XdpObject {
+    /// Loads the object with `[limits] rate`/`burst`, `ipv4_prefix = 32`, `ipv6_prefix = 64`,
+    /// no rules, not in dry run.
+    pub fn load(rate: u64, burst: u64) -> XdpObject {
+        let path = object_path();
+        assert!(
+            path.exists(),
+            "{} does not exist: build it with cargo build --release (it builds the XDP program)",
+            path.display()
+        );
+        let bpffs = Path::new(TEST_BPFFS);
+        ensure_bpffs(bpffs);
+        let pin_dir = bpffs.join(format!(
+            "object-{}-{}",
+            std::process::id(),
+            NEXT_OBJECT.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Left over by an earlier process with the same pid: its pins would be adopted.
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        std::fs::create_dir_all(&pin_dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", pin_dir.display()));
+        // Removed on drop from here on, also when a step below panics.
+        let pin_dir = PinDir(pin_dir);
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir.0)
+            .map_max_entries(BUCKETS_MAP, MAX_KEYS)
+            .load_file(&path)
+            .unwrap_or_else(|e| panic!("loading {}: {e:#?}", path.display()));
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(COUNTERS_MAP)
+                .unwrap_or_else(|| panic!("the object has no {COUNTERS_MAP} map")),
+        )
+        .expect("COUNTERS is a per-CPU array of u64");
+        let mut object = XdpObject {
+            ebpf,
+            counters,
+            _pin_dir: pin_dir,
+        };
+        {
+            let program: &mut Xdp = object
+                .ebpf
+                .program_mut(LIMITER_PROG)
+                .unwrap_or_else(|| panic!("the object has no {LIMITER_PROG} program"))
+                .try_into()
+                .expect("limiter is an XDP program");
+            // The verifier's log is in the error: print all of it.
+            if let Err(e) = program.load() {
+                panic!("loading the {LIMITER_PROG} program (verifier): {e:#?}");
+            }
+        }
+        let mut config: Array<_, DatapathConfig> = Array::try_from(
+            object
+                .ebpf
+                .map_mut(CONFIG_MAP)
+                .unwrap_or_else(|| panic!("the object has no {CONFIG_MAP} map")),
+        )
+        .expect("CONFIG is an array of DatapathConfig");
+        config
+            .set(
+                0,
+                DatapathConfig {
+                    default_limit: Limit::new(rate, burst),
+                    ipv4_prefix: 32,
+                    ipv6_prefix: 64,
+                    flags: 0,
+                    valid: 1,
+                },
+                0,
+            )
+            .expect("writing the CONFIG map");
+        object
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(LIMITER_PROG)
+            .expect("loaded above")
+            .try_into()
+            .expect("limiter is an XDP program")
+    }
+
+    /// Runs the program once on `packet` (an Ethernet frame, at least 14 bytes).
+    pub fn try_run(&self, packet: &[u8]) -> Result<u32, ProgramError> {
+        self.program()
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                ..TestRunOptions::new()
+            })
+            .map(|result| result.return_value)
+    }
+
+    /// Runs the program once on `packet` and returns its verdict; panics when the run fails.
+    pub fn run(&self, packet: &[u8]) -> u32 {
+        self.try_run(packet).unwrap_or_else(|e| {
+            let head = &packet[..packet.len().min(128)];
+            panic!(
+                "test_run of a {}-byte packet failed: {e:#?}\nits first bytes: {head:02x?}",
+                packet.len()
+            )
+        })
+    }
+
+    /// One global counter of the program, summed over the CPUs. The program's `IFACE_SLOT` is
+    /// left at 0, so it counts into interface slot 0.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters
+            .get(&counter_index(0, counter), 0)
+            .unwrap_or_else(|e| panic!("reading COUNTERS for {counter:?}: {e}"))
+            .iter()
+            .copied()
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
