@@ -39,6 +39,8 @@ fn main() {
         .arg(ebpf_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
+        // Replaces the outer build's flags (set after the removals below would be too late: the
+        // last change to a variable wins).
         .env("CARGO_ENCODED_RUSTFLAGS", EBPF_RUSTFLAGS.join("\x1f"))
         // Cargo parses a build script's stdout; keep the nested build's output on stderr.
         .stdout(Stdio::from(std::io::stderr()));
@@ -54,7 +56,6 @@ fn main() {
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
         "CARGO_MAKEFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
     ] {
         cargo.env_remove(var);
     }
