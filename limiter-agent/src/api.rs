@@ -7,6 +7,8 @@ pub const STATUS_PATH: &str = "/v1/status";
 pub const KEYS_PATH: &str = "/v1/keys";
 pub const INSPECT_PATH: &str = "/v1/inspect";
 pub const RESET_PATH: &str = "/v1/reset";
+pub const RELOAD_PATH: &str = "/v1/reload";
+pub const OVERRIDES_PATH: &str = "/v1/overrides";
 
 /// One tracked key and its bucket.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -79,6 +81,8 @@ pub struct ListQuery {
     pub exhausted: bool,
     pub top: Option<usize>,
     pub sort: Option<SortBy>,
+    /// Only keys that overlap this address or prefix (applied before sorting and `top`).
+    pub prefix: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -120,4 +124,50 @@ pub struct ResetResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// Answer of `POST /v1/reload`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReloadResponse {
+    pub reloaded: bool,
+    /// The file that was applied.
+    pub config: String,
+    pub rules: usize,
+}
+
+/// Body of `POST /v1/overrides`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OverrideRequest {
+    pub cidr: String,
+    /// "allow", "deny" or "limit".
+    pub action: String,
+    pub rate: Option<u64>,
+    pub burst: Option<u64>,
+    /// Lapses after this long; none: until removed.
+    pub ttl_ms: Option<u64>,
+}
+
+/// One override in force (`limiter overrides --json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OverrideInfo {
+    pub cidr: String,
+    pub action: String,
+    pub rate: Option<u64>,
+    pub burst: Option<u64>,
+    /// None: until removed.
+    pub expires_in_ms: Option<u64>,
+    /// The rule name keys under it show.
+    pub rule: String,
+}
+
+/// Query of `DELETE /v1/overrides`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OverrideQuery {
+    pub cidr: String,
+}
+
+/// Answer of `DELETE /v1/overrides`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OverrideRemoved {
+    pub removed: u64,
 }

@@ -52,6 +52,16 @@ impl ApiClient {
         self.request(Method::GET, &uri, Bytes::new()).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let query = serde_urlencoded::to_string(query).map_err(|err| self.transport(err))?;
+        self.request(Method::DELETE, &format!("{path}?{query}"), Bytes::new())
+            .await
+    }
+
     pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -6,7 +6,7 @@ mod cli;
 mod client;
 mod exit;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use exit::Failure;
 use std::process::ExitCode;
 
@@ -38,12 +38,43 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Give keys a full bucket at once; prints how many were reset.
     Reset(cli::ResetArgs),
+    /// Live full-screen view of the busiest and most throttled keys, refreshing in place.
+    Top(cli::top::TopArgs),
+    /// Re-read the agent's config file (as SIGHUP does); a bad one is refused and the old kept.
+    Reload(cli::ApiArgs),
+    /// Override: never limit CIDR (above every config rule; --ttl to lapse by itself).
+    Allow(cli::overrides::OverrideArgs),
+    /// Override: drop everything from CIDR (above every config rule; --ttl to lapse by itself).
+    Deny(cli::overrides::OverrideArgs),
+    /// Override: limit each key in CIDR to --rate/--burst (above every config rule).
+    Limit(cli::overrides::LimitArgs),
+    /// The overrides in force; `overrides rm CIDR` removes one.
+    Overrides(cli::overrides::OverridesArgs),
+    /// Take the program off an interface and remove its pins; works with no agent running.
+    Detach(cli::detach::DetachArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `limiter man > /usr/local/share/man/man1/limiter.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
+        Command::Detach(args) => cli::detach::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "limiter",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| Failure::Other(e.to_string())),
         command => run_cli(command),
     };
     match result {
@@ -75,7 +106,18 @@ fn run_cli(command: Command) -> Result<(), Failure> {
             Command::List(args) => cli::list::run(args).await,
             Command::Inspect(args) => cli::inspect::run(args).await,
             Command::Reset(args) => cli::reset::run(args).await,
-            Command::Agent(_) => unreachable!("handled in main"),
+            Command::Reload(args) => cli::reload::run(args).await,
+            Command::Top(args) => cli::top::run(args).await,
+            Command::Allow(args) => cli::overrides::add(args, "allow", None).await,
+            Command::Deny(args) => cli::overrides::add(args, "deny", None).await,
+            Command::Limit(args) => {
+                let limit = (args.rate, args.burst);
+                cli::overrides::add(args.common, "limit", Some(limit)).await
+            }
+            Command::Overrides(args) => cli::overrides::run(args).await,
+            Command::Agent(_) | Command::Detach(_) | Command::Completions { .. } | Command::Man => {
+                unreachable!("handled in main")
+            }
         }
     })
 }

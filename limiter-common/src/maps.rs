@@ -9,14 +9,37 @@ use crate::bucket::Limit;
 pub const BUCKETS_MAP: &str = "BUCKETS";
 /// Array with one [`DatapathConfig`], written by the agent.
 pub const CONFIG_MAP: &str = "CONFIG";
-/// Per-CPU array of `u64` counters, indexed by [`Counter`].
+/// Per-CPU array of `u64` counters, indexed by [`counter_index`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// LPM tries of the configured rules: IPv4 address ([u8; 4]) / IPv6 address ([u8; 16]) →
 /// [`RuleEntry`]. Written by the agent.
 pub const RULES_V4_MAP: &str = "RULES_V4";
 pub const RULES_V6_MAP: &str = "RULES_V6";
+/// LPM tries of the runtime overrides (`limiter allow|deny|limit CIDR`), same layout as the
+/// rule tries, looked up first: an override wins over every configured rule.
+pub const OVERRIDES_V4_MAP: &str = "OVERRIDES_V4";
+pub const OVERRIDES_V6_MAP: &str = "OVERRIDES_V6";
 /// Rules per trie at most.
 pub const MAX_RULES: u32 = 16_384;
+
+/// `BPF_MAP_TYPE_RINGBUF`, whose capacity the kernel rounds (so it is not compared on adoption).
+pub const RINGBUF_MAP_TYPE: u32 = 27;
+
+/// Ring buffer of [`ExhaustionEvent`]s, one per key that becomes exhausted, read by the agent.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Capacity of [`EVENTS_MAP`] in bytes (a power of two of pages): about 5 400 events of 48 bytes
+/// (with the ring's header) — more than a second of one CPU's bound ([`EVENTS_PER_SEC_PER_CPU`]),
+/// ample for an agent that drains it within milliseconds of each wake-up. When it does fill,
+/// the events that do not fit are counted as [`Counter::EventsLost`].
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Per-CPU array with one [`EventBudget`]: the bound on events each CPU emits.
+pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
+/// Exhaustion events one CPU may emit per second, sustained; beyond it (and beyond
+/// [`EVENT_BURST_PER_CPU`] at once) the datapath counts them as [`Counter::EventsSuppressed`]
+/// instead, so that a flood of new keys cannot flood the agent.
+pub const EVENTS_PER_SEC_PER_CPU: u64 = 4096;
+/// Exhaustion events one CPU may emit back to back.
+pub const EVENT_BURST_PER_CPU: u64 = 1024;
 
 /// Name of the XDP program attached to interfaces.
 pub const LIMITER_PROG: &str = "limiter";
@@ -60,9 +83,45 @@ pub struct BucketState {
     pub dropped: u64,
     /// Packets of this key over the limit that dry run let through.
     pub would_drop: u64,
-    /// Reserved for per-key flags.
+    /// Per-key `BUCKET_*` bits, changed with atomic and/or only. 64 bits wide: 64-bit atomics
+    /// lower for every BPF CPU, 32-bit ones only with alu32 (`-C target-cpu=v3`).
+    pub flags: u64,
+}
+
+/// `BucketState::flags`: an [`ExhaustionEvent`] was emitted (or suppressed) for this key's
+/// current exhaustion. Set by the packet that finds the key exhausted with the bit clear, so one
+/// event per transition; cleared by a packet that passes and leaves the key not exhausted, and by
+/// a reset.
+pub const BUCKET_EXHAUSTED_NOTIFIED: u64 = 1;
+
+/// `ExhaustionEvent::flags`: dry run (the key's packets are counted as would-drop, not dropped).
+pub const EVENT_DRY_RUN: u32 = 1;
+
+/// A key became exhausted: what the datapath writes to [`EVENTS_MAP`] (40 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExhaustionEvent {
+    /// The key (source prefix and rule id).
+    pub key: BucketKey,
+    /// When its packet was refused: CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub at_ns: u64,
+    /// The counter slot of the interface the packet arrived on (see [`counter_index`]).
+    pub iface_slot: u32,
+    /// `EVENT_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+}
+
+/// One CPU's bound on exhaustion events, index 0 of [`EVENT_BUDGET_MAP`] (per CPU, so plain
+/// writes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// GCRA theoretical arrival time of the budget ([`EVENTS_PER_SEC_PER_CPU`],
+    /// [`EVENT_BURST_PER_CPU`]).
+    pub tat_ns: u64,
+    /// Events this CPU lost to a full ring buffer since it last emitted one (the datapath logs
+    /// the first loss and the recovery, not each loss).
+    pub lost: u64,
 }
 
 /// `RuleEntry::action`: never limited.
@@ -96,6 +155,9 @@ pub const CONFIG_DRY_RUN: u32 = 1;
 /// `DatapathConfig::flags`: the IPv4 / IPv6 rule tries are not empty (else their lookup is skipped).
 pub const CONFIG_HAS_RULES_V4: u32 = 2;
 pub const CONFIG_HAS_RULES_V6: u32 = 4;
+/// `DatapathConfig::flags`: the IPv4 / IPv6 override tries are not empty.
+pub const CONFIG_HAS_OVERRIDES_V4: u32 = 8;
+pub const CONFIG_HAS_OVERRIDES_V6: u32 = 16;
 
 /// What the agent tells the datapath; index 0 of [`CONFIG_MAP`].
 #[repr(C)]
@@ -138,10 +200,29 @@ pub enum Counter {
     Unconfigured = 9,
     /// Packets dropped because their bucket's compare-and-swap lost to other CPUs every time.
     ContentionDrops = 10,
+    /// Exhaustion events not emitted: over the per-CPU bound ([`EVENTS_PER_SEC_PER_CPU`]).
+    EventsSuppressed = 11,
+    /// Exhaustion events lost: the ring buffer was full (the agent is not reading it fast enough).
+    EventsLost = 12,
 }
 
-/// Number of slots in [`COUNTERS_MAP`].
-pub const COUNTER_SLOTS: u32 = 11;
+/// Counters per interface.
+pub const COUNTER_SLOTS: u32 = 13;
+
+/// Interfaces one agent attaches to at most; each has its own set of counters.
+pub const MAX_INTERFACES: u32 = 16;
+
+/// Entries of [`COUNTERS_MAP`]: a set of [`COUNTER_SLOTS`] counters per interface.
+pub const COUNTER_ENTRIES: u32 = COUNTER_SLOTS * MAX_INTERFACES;
+
+/// Name of the program's read-only global holding the interface's counter set, set by the agent
+/// when it loads the program for an interface (so the lookup costs nothing per packet).
+pub const IFACE_SLOT_GLOBAL: &str = "IFACE_SLOT";
+
+/// The index in [`COUNTERS_MAP`] of `counter` for the interface in `slot`.
+pub const fn counter_index(slot: u32, counter: Counter) -> u32 {
+    slot * COUNTER_SLOTS + counter as u32
+}
 
 #[cfg(feature = "user")]
 impl BucketKey {
@@ -164,6 +245,8 @@ mod pod {
     unsafe impl aya::Pod for super::BucketState {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::RuleEntry {}
+    unsafe impl aya::Pod for super::ExhaustionEvent {}
+    unsafe impl aya::Pod for super::EventBudget {}
 }
 
 #[cfg(test)]
@@ -174,9 +257,21 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<BucketKey>(), 1 + 1 + 2 + 4 + 16);
-        assert_eq!(size_of::<BucketState>(), 8 * 4 + 4 + 4);
+        assert_eq!(size_of::<BucketState>(), 8 * 5);
         assert_eq!(size_of::<RuleEntry>(), 4 * 4 + 16);
         assert_eq!(size_of::<DatapathConfig>(), 16 + 4 * 4);
+        assert_eq!(
+            size_of::<ExhaustionEvent>(),
+            size_of::<BucketKey>() + 8 + 4 + 4
+        );
+        assert_eq!(size_of::<EventBudget>(), 8 + 8);
+    }
+
+    #[test]
+    fn an_event_fits_a_cache_line_and_the_ring_is_pages() {
+        assert!(size_of::<ExhaustionEvent>() <= 64);
+        assert!(size_of::<ExhaustionEvent>().is_multiple_of(8));
+        assert!(EVENTS_BYTES.is_power_of_two() && EVENTS_BYTES.is_multiple_of(4096));
     }
 
     #[test]

@@ -20,17 +20,22 @@ use aya_ebpf::{
     maps::lpm_trie::Key as LpmKey,
     programs::XdpContext,
 };
-use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
+use aya_log_ebpf::{info, warn};
+use core::intrinsics::{atomic_and, atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use limiter_common::{
     bucket::{admit, Limit, FULL_BUCKET_TAT},
     maps::{
-        BucketKey, BucketState, Counter, DatapathConfig, RuleEntry, ACTION_ALLOW, ACTION_DENY,
-        CONFIG_DRY_RUN, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, DEFAULT_RULE_ID, FAMILY_IPV4,
+        counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent, RuleEntry,
+        ACTION_ALLOW, ACTION_DENY, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN,
+        CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6,
+        DEFAULT_RULE_ID, EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU, EVENT_DRY_RUN, FAMILY_IPV4,
         FAMILY_IPV6, RULE_SHARED,
     },
 };
-use maps::{BUCKETS, CONFIG, COUNTERS, RULES_V4, RULES_V6};
+use maps::{
+    BUCKETS, CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, OVERRIDES_V4, OVERRIDES_V6, RULES_V4, RULES_V6,
+};
 use parse::{Parsed, Source};
 
 /// How often a packet retries its compare-and-swap when other CPUs update the same bucket at the
@@ -41,6 +46,14 @@ use parse::{Parsed, Source};
 const CAS_ATTEMPTS: u32 = 4;
 
 const EEXIST: i32 = 17;
+
+/// The per-CPU bound on exhaustion events, as a token bucket of its own.
+const EVENT_LIMIT: Limit = Limit::new(EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU);
+
+/// Which interface's counters this instance of the program adds to; the agent sets it at load
+/// time (a read-only global: the verifier folds it into a constant).
+#[unsafe(no_mangle)]
+static IFACE_SLOT: u32 = 0;
 
 #[xdp]
 pub fn limiter(ctx: XdpContext) -> u32 {
@@ -86,7 +99,7 @@ pub fn limiter(ctx: XdpContext) -> u32 {
             (source_key(&source, config, rule.id, shared), rule.limit)
         }
     };
-    charge_key(&key, &limit, dry_run)
+    charge_key(&ctx, &key, &limit, dry_run)
 }
 
 /// Gives one tracked key a full bucket. Run by the agent through `BPF_PROG_TEST_RUN` with the
@@ -102,23 +115,44 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
     match BUCKETS.get_ptr_mut(key) {
         Some(state) => {
             unsafe { write_volatile(addr_of_mut!((*state).tat_ns), FULL_BUCKET_TAT) };
+            // A full bucket is not exhausted: its next exhaustion is a new event.
+            clear_notified(state);
             xdp_action::XDP_PASS
         }
         None => xdp_action::XDP_DROP,
     }
 }
 
-/// The rule with the longest prefix containing the source, if the agent configured any.
+/// The rule for the source: the longest-prefix runtime override if one matches (overrides win
+/// over every configured rule), else the longest-prefix rule, if the agent configured any.
+/// Each trie is only looked up when the agent says it is not empty.
 #[inline(always)]
 fn find_rule(source: &Source, config: &DatapathConfig) -> Option<RuleEntry> {
     match source {
-        Source::V4(addr) if config.flags & CONFIG_HAS_RULES_V4 != 0 => {
-            RULES_V4.get(LpmKey::new(32, *addr)).copied()
+        Source::V4(addr) => {
+            let key = LpmKey::new(32, *addr);
+            if config.flags & CONFIG_HAS_OVERRIDES_V4 != 0 {
+                if let Some(rule) = OVERRIDES_V4.get(&key) {
+                    return Some(*rule);
+                }
+            }
+            if config.flags & CONFIG_HAS_RULES_V4 != 0 {
+                return RULES_V4.get(&key).copied();
+            }
+            None
         }
-        Source::V6(addr) if config.flags & CONFIG_HAS_RULES_V6 != 0 => {
-            RULES_V6.get(LpmKey::new(128, *addr)).copied()
+        Source::V6(addr) => {
+            let key = LpmKey::new(128, *addr);
+            if config.flags & CONFIG_HAS_OVERRIDES_V6 != 0 {
+                if let Some(rule) = OVERRIDES_V6.get(&key) {
+                    return Some(*rule);
+                }
+            }
+            if config.flags & CONFIG_HAS_RULES_V6 != 0 {
+                return RULES_V6.get(&key).copied();
+            }
+            None
         }
-        _ => None,
     }
 }
 
@@ -167,10 +201,10 @@ fn source_key(
 
 /// Charges one packet to `key`'s bucket, creating the bucket on the key's first packet.
 #[inline(always)]
-fn charge_key(key: &BucketKey, limit: &Limit, dry_run: bool) -> u32 {
+fn charge_key(ctx: &XdpContext, key: &BucketKey, limit: &Limit, dry_run: bool) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(state) = BUCKETS.get_ptr_mut(key) {
-        return charge(state, now, limit, dry_run);
+        return charge(ctx, key, state, now, limit, dry_run);
     }
     // First packet of this key: a full bucket, less this packet.
     let first = admit(FULL_BUCKET_TAT, now, limit);
@@ -180,17 +214,19 @@ fn charge_key(key: &BucketKey, limit: &Limit, dry_run: bool) -> u32 {
         passed: !over as u64,
         dropped: (over && !dry_run) as u64,
         would_drop: (over && dry_run) as u64,
-        flags: 0,
-        _pad: 0,
+        flags: if over { BUCKET_EXHAUSTED_NOTIFIED } else { 0 },
     };
     match BUCKETS.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::KeysCreated);
+            if over {
+                exhausted(ctx, key, now, dry_run);
+            }
             verdict(!over, dry_run)
         }
         // Another CPU created the bucket between our lookup and insert: charge that one.
         Err(err) if err == -EEXIST => match BUCKETS.get_ptr_mut(key) {
-            Some(state) => charge(state, now, limit, dry_run),
+            Some(state) => charge(ctx, key, state, now, limit, dry_run),
             None => insert_failed(),
         },
         Err(_) => insert_failed(),
@@ -208,7 +244,14 @@ fn insert_failed() -> u32 {
 /// Charges one packet to an existing bucket: a compare-and-swap of its TAT, retried a bounded
 /// number of times when another CPU updated it first.
 #[inline(always)]
-fn charge(state: *mut BucketState, now: u64, limit: &Limit, dry_run: bool) -> u32 {
+fn charge(
+    ctx: &XdpContext,
+    key: &BucketKey,
+    state: *mut BucketState,
+    now: u64,
+    limit: &Limit,
+    dry_run: bool,
+) -> u32 {
     let tat = unsafe { addr_of_mut!((*state).tat_ns) };
     let mut current = unsafe { read_volatile(tat) };
     let mut passed = false;
@@ -225,11 +268,35 @@ fn charge(state: *mut BucketState, now: u64, limit: &Limit, dry_run: bool) -> u3
         };
         if swapped {
             passed = true;
+            current = next;
             break;
         }
         current = seen;
     }
-    if !passed && !over_limit {
+    // The exhaustion flag: one load of the value already at hand on the common paths (a pass,
+    // a drop of a key already reported); a write only when the key changes state.
+    let notified =
+        unsafe { read_volatile(addr_of_mut!((*state).flags)) } & BUCKET_EXHAUSTED_NOTIFIED != 0;
+    if passed {
+        // Cleared only once the key has a packet to spare after this one: a key held at its
+        // rate passes a packet now and then and is still exhausted — no new event for it.
+        if notified && admit(current, now, limit).is_some() {
+            clear_notified(state);
+        }
+    } else if over_limit {
+        if !notified {
+            let before = unsafe {
+                atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
+                    addr_of_mut!((*state).flags),
+                    BUCKET_EXHAUSTED_NOTIFIED,
+                )
+            };
+            // Of the CPUs that found it clear at once, only the one that set it reports.
+            if before & BUCKET_EXHAUSTED_NOTIFIED == 0 {
+                exhausted(ctx, key, now, dry_run);
+            }
+        }
+    } else {
         count(Counter::ContentionDrops);
     }
     let counter = if passed {
@@ -241,6 +308,61 @@ fn charge(state: *mut BucketState, now: u64, limit: &Limit, dry_run: bool) -> u3
     };
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) };
     verdict(passed, dry_run)
+}
+
+#[inline(always)]
+fn clear_notified(state: *mut BucketState) {
+    unsafe {
+        atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(
+            addr_of_mut!((*state).flags),
+            !BUCKET_EXHAUSTED_NOTIFIED,
+        )
+    };
+}
+
+/// `key` has just become exhausted: tells the agent through the ring buffer, within this CPU's
+/// budget of events. Runs once per transition, so its map lookup and log lines stay off the
+/// per-packet paths.
+#[inline(always)]
+fn exhausted(ctx: &XdpContext, key: &BucketKey, now: u64, dry_run: bool) {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // Per CPU: plain reads and writes.
+    let budget = unsafe { &mut *budget };
+    match admit(budget.tat_ns, now, &EVENT_LIMIT) {
+        Some(tat) => budget.tat_ns = tat,
+        None => {
+            count(Counter::EventsSuppressed);
+            return;
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExhaustionEvent>(0) else {
+        count(Counter::EventsLost);
+        budget.lost += 1;
+        if budget.lost == 1 {
+            warn!(
+                ctx,
+                "exhaustion events ring buffer full: events are lost (and counted) until the agent reads it"
+            );
+        }
+        return;
+    };
+    entry.write(ExhaustionEvent {
+        key: *key,
+        at_ns: now,
+        iface_slot: unsafe { read_volatile(&IFACE_SLOT) },
+        flags: if dry_run { EVENT_DRY_RUN } else { 0 },
+    });
+    entry.submit(0);
+    if budget.lost != 0 {
+        info!(
+            ctx,
+            "exhaustion events flow again; {} were lost to a full ring buffer on this CPU",
+            budget.lost
+        );
+        budget.lost = 0;
+    }
 }
 
 #[inline(always)]
@@ -257,10 +379,11 @@ fn verdict(passed: bool, dry_run: bool) -> u32 {
     }
 }
 
-/// Adds one to a global counter (per CPU, so no atomics needed).
+/// Adds one to a counter of this interface (per CPU, so no atomics needed).
 #[inline(always)]
 fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+    let iface = unsafe { read_volatile(&IFACE_SLOT) };
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(iface, counter)) {
         unsafe { *slot += 1 };
     }
 }

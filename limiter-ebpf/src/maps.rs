@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use limiter_common::maps::{
-    BucketKey, BucketState, DatapathConfig, RuleEntry, COUNTER_SLOTS, MAX_RULES,
+    BucketKey, BucketState, DatapathConfig, EventBudget, RuleEntry, COUNTER_ENTRIES, EVENTS_BYTES,
+    MAX_RULES,
 };
 
 /// One bucket per tracked key. `max_entries` is set by the agent from `[agent] max_keys`.
@@ -16,12 +17,27 @@ pub static BUCKETS: LruHashMap<BucketKey, BucketState> = LruHashMap::pinned(1, 0
 #[map]
 pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
-/// Global counters by `Counter`, per CPU.
+/// Counters by interface and `Counter`, per CPU.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
 
 /// The configured rules, by longest-prefix match on the source address.
 #[map]
 pub static RULES_V4: LpmTrie<[u8; 4], RuleEntry> = LpmTrie::pinned(MAX_RULES, 0);
 #[map]
 pub static RULES_V6: LpmTrie<[u8; 16], RuleEntry> = LpmTrie::pinned(MAX_RULES, 0);
+
+/// The runtime overrides, looked up before the rules.
+#[map]
+pub static OVERRIDES_V4: LpmTrie<[u8; 4], RuleEntry> = LpmTrie::pinned(MAX_RULES, 0);
+#[map]
+pub static OVERRIDES_V6: LpmTrie<[u8; 16], RuleEntry> = LpmTrie::pinned(MAX_RULES, 0);
+
+/// Exhaustion events for the agent (`ExhaustionEvent`), one per key that becomes exhausted.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// Each CPU's bound on the events it emits (index 0). Pinned, so one budget per CPU whatever
+/// the number of interfaces.
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);

@@ -69,6 +69,8 @@ pub struct Agent {
     netns: String,
     iface: String,
     config: Option<PathBuf>,
+    /// More arguments for `limiter agent`, given at every start.
+    extra_args: Vec<String>,
 }
 
 static NEXT_AGENT: AtomicU32 = AtomicU32::new(0);
@@ -77,6 +79,11 @@ impl Agent {
     /// Starts the agent on the gateway's veth end with `config` (TOML text; `None`: the embedded
     /// default) and waits until its API answers.
     pub fn start(net: &TestNet, config: Option<&str>) -> Agent {
+        Agent::start_with_args(net, config, &[])
+    }
+
+    /// Like [`Agent::start`], with more arguments for `limiter agent` (`--metrics …`).
+    pub fn start_with_args(net: &TestNet, config: Option<&str>, extra_args: &[&str]) -> Agent {
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -100,6 +107,7 @@ impl Agent {
             netns: net.gateway.name.clone(),
             iface: net.gateway_if.clone(),
             config: config_path,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         agent.spawn();
         agent
@@ -107,30 +115,26 @@ impl Agent {
 
     /// Starts the agent process (again, after `stop` or `kill`), keeping pins and socket path.
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the agent is running already");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
+        self.spawn_unchecked();
+        self.wait_ready();
+    }
+
+    /// `ip netns exec GATEWAY limiter agent …` with this agent's arguments.
+    fn command(&self) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns])
             .arg(crate::limiter_bin())
             .args(["agent", "--iface", &self.iface, "--api-socket"])
             .arg(&self.socket)
             .arg("--pin-path")
-            .arg(&self.pin_path);
+            .arg(&self.pin_path)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"));
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the agent");
-        self.child = Some(child);
-        self.wait_ready();
+        cmd.args(&self.extra_args);
+        cmd
     }
 
     fn wait_ready(&mut self) {
@@ -181,6 +185,72 @@ impl Agent {
     /// SIGKILL: the agent gets no chance to clean up.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);
+    }
+
+    /// SIGHUP: the agent re-reads its config file and keeps running.
+    pub fn hangup(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP);
+        }
+    }
+
+    /// SIGSTOP: the agent freezes (the XDP program goes on without it) until [`Agent::resume`].
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Agent::pause`].
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+    }
+
+    /// Waits for the agent to exit by itself (it refused to start, say); its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|mut c| c.wait().ok())
+            .and_then(|s| s.code())
+    }
+
+    /// The config file the agent was started with (`None`: the embedded default).
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// Rewrites the agent's config file (for a reload, or the next start).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(
+            self.config_path().expect("started with a config file"),
+            text,
+        )
+        .unwrap();
+    }
+
+    /// The gateway interface the agent is attached to.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Starts the agent process without waiting for its API (for starts that must fail).
+    pub fn spawn_unchecked(&mut self) {
+        assert!(self.child.is_none(), "the agent is running already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = self.command();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent");
+        self.child = Some(child);
     }
 
     fn signal(&mut self, signal: Signal) {

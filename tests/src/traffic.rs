@@ -258,3 +258,194 @@ pub fn ipv4_udp_frame(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u1
     frame.extend_from_slice(payload);
     frame
 }
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    try_pin_to_cpu(cpu).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn try_pin_to_cpu(cpu: usize) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .map_err(|e| format!("CPU {cpu} does not fit a CPU set: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("pinning a thread to CPU {cpu}: {e}"))
+}
+
+/// Runs the calling thread (only) ahead of ordinary work, at nice -10.
+fn try_raise_priority() -> Result<(), String> {
+    // SAFETY: plain system calls about this thread.
+    let raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, -10) };
+    if raised == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "raising a sender's priority: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Makes `iface` (in `ns`) transmit what is sent on CPU `q` on its tx queue `q`, for each of its
+/// first `queues` queues (XPS, transmit packet steering, through the namespace's sysfs).
+///
+/// On a veth pair, a packet sent on tx queue `q` of one end is put on rx queue `q` of the peer,
+/// and the peer's XDP program runs for that queue in a NAPI poll scheduled by — and so run on —
+/// the CPU that queued the packet: the sender's. Without steering, the tx queue comes from a hash
+/// of the flow, and two flows may well share a queue; then one CPU's NAPI poll would run both
+/// flows' packets one after the other. With it, senders pinned to CPUs 0 and 1 have their packets
+/// charged by the XDP program on CPUs 0 and 1, at the same time, whatever their ports hash to.
+pub fn steer_tx_queues_by_cpu(ns: &Netns, iface: &str, queues: usize) {
+    for queue in 0..queues {
+        let path = format!("/sys/class/net/{iface}/queues/tx-{queue}/xps_cpus");
+        let mask = format!("{:x}", 1u64 << queue);
+        // `ip netns exec` mounts the namespace's own sysfs, where its interfaces are.
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sh", "-c"])
+            .arg(format!("echo {mask} > {path}"))
+            .output()
+            .expect("running ip netns exec");
+        assert!(
+            out.status.success(),
+            "steering tx queue {queue} of {iface} to CPU {queue} ({path}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// When one `send` began and when it returned.
+#[derive(Debug, Clone, Copy)]
+pub struct SendTimes {
+    pub began: Instant,
+    pub returned: Instant,
+}
+
+/// What one sender of a [`PinnedFlood`] did.
+#[derive(Debug, Clone)]
+pub struct PinnedSenderReport {
+    pub cpu: usize,
+    /// Datagrams the kernel took.
+    pub sent: u64,
+    pub first: SendTimes,
+    pub last: SendTimes,
+    /// The send that took longest (the thread was preempted, or waited for socket memory).
+    pub slowest: SendTimes,
+}
+
+impl SendTimes {
+    pub fn took(&self) -> Duration {
+        self.returned - self.began
+    }
+}
+
+/// Clients flooding one destination at once, each from a thread of its own pinned to its CPU,
+/// as fast as they can, for a fixed time.
+pub struct PinnedFlood {
+    handles: Vec<JoinHandle<PinnedSenderReport>>,
+    /// When the senders were released, all at once.
+    pub started: Instant,
+}
+
+impl PinnedFlood {
+    /// Starts one sender per `(client, cpu)`; returns once every sender is pinned and released.
+    /// Each stamps every send before and after (the clock is the vDSO's, a few tens of ns), so
+    /// that a thread preempted just before its first or after its last send does not stretch
+    /// the window it reports.
+    pub fn start(senders: Vec<(Arc<Client>, usize)>, to: SocketAddr, duration: Duration) -> Self {
+        let go = Arc::new(std::sync::Barrier::new(senders.len() + 1));
+        let handles = senders
+            .into_iter()
+            .map(|(client, cpu)| {
+                let go = Arc::clone(&go);
+                std::thread::spawn(move || {
+                    // Pinned, and ahead of ordinary work (nice -10): on two CPUs, whatever else
+                    // runs would otherwise take its time from one sender, and the flows would
+                    // not run side by side.
+                    let ready = try_pin_to_cpu(cpu).and_then(|()| try_raise_priority());
+                    // Released (or failed) together: a sender that failed must not leave the
+                    // others waiting at the barrier.
+                    go.wait();
+                    if let Err(e) = ready {
+                        panic!("{e}");
+                    }
+                    let send = || {
+                        let began = Instant::now();
+                        let ok = client.send(to);
+                        (
+                            ok as u64,
+                            SendTimes {
+                                began,
+                                returned: Instant::now(),
+                            },
+                        )
+                    };
+                    let (mut sent, first) = send();
+                    let deadline = first.began + duration;
+                    let (mut last, mut slowest) = (first, first);
+                    while last.returned < deadline {
+                        let (ok, times) = send();
+                        sent += ok;
+                        last = times;
+                        if last.took() > slowest.took() {
+                            slowest = last;
+                        }
+                    }
+                    PinnedSenderReport {
+                        cpu,
+                        sent,
+                        first,
+                        last,
+                        slowest,
+                    }
+                })
+            })
+            .collect();
+        go.wait();
+        PinnedFlood {
+            handles,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether every sender has finished.
+    pub fn is_finished(&self) -> bool {
+        self.handles.iter().all(|h| h.is_finished())
+    }
+
+    /// Waits for every sender to finish; their reports, in the order given.
+    pub fn join(self) -> Vec<PinnedSenderReport> {
+        self.handles
+            .into_iter()
+            .map(|h| h.join().expect("a pinned sender panicked"))
+            .collect()
+    }
+}
+
+/// The agent's packet counters (`COUNTERS`, one value per CPU), read through its pin under the
+/// agent's `--pin-path`, as they are in the kernel — not as the agent sums them.
+pub struct PinnedCounters {
+    map: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+}
+
+impl PinnedCounters {
+    pub fn open(pin_path: &std::path::Path) -> PinnedCounters {
+        let pin = pin_path.join(limiter_common::maps::COUNTERS_MAP);
+        let data = aya::maps::MapData::from_pin(&pin)
+            .unwrap_or_else(|e| panic!("opening the pinned map {}: {e}", pin.display()));
+        let map = aya::maps::Map::from_map_data(data)
+            .and_then(aya::maps::PerCpuArray::try_from)
+            .unwrap_or_else(|e| panic!("{} is not a per-CPU array of u64: {e}", pin.display()));
+        PinnedCounters { map }
+    }
+
+    /// `counter` of the first interface the agent attached to, per possible CPU.
+    pub fn per_cpu(&self, counter: limiter_common::maps::Counter) -> Vec<u64> {
+        let index = limiter_common::maps::counter_index(0, counter);
+        self.map
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("reading COUNTERS[{index}] ({counter:?}): {e}"))
+            .iter()
+            .copied()
+            .collect()
+    }
+}

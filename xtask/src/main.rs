@@ -1,6 +1,8 @@
 //! `cargo xtask …`: everything a newcomer or CI runs, from a fresh machine.
 
+mod bench;
 mod demo;
+mod install;
 mod setup;
 
 use anyhow::{bail, Context};
@@ -32,6 +34,20 @@ enum Task {
     Demo,
     /// rustfmt and clippy (warnings are errors) over the host crates and the eBPF crate.
     Lint,
+    /// Install for a gateway host: /usr/local/bin/limiter, the systemd unit, an example
+    /// /etc/limiter/limiter.toml (kept if there), the `limiter` group for the API socket.
+    Install {
+        /// Install under this directory instead of / (for packaging).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<PathBuf>,
+    },
+    /// Per-packet cost of the XDP program against a bare XDP_DROP, through BPF_PROG_TEST_RUN;
+    /// prints a table and writes it to BENCHMARKS.md (needs root).
+    Bench {
+        /// Fewer rounds and repeats, 100k resident keys instead of 1M (well under two minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +71,16 @@ fn main() -> anyhow::Result<()> {
             setup::ensure()?;
             let bin = build_release()?;
             demo::run(&bin)
+        }
+        Task::Bench { quick } => {
+            setup::ensure()?;
+            build_release()?;
+            bench::run(quick)
+        }
+        Task::Install { destdir } => {
+            setup::ensure()?;
+            let bin = build_release()?;
+            install::run(&bin, destdir)
         }
         Task::Lint => {
             setup::ensure()?;

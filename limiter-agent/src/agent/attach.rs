@@ -1,11 +1,12 @@
 //! Attaching the XDP program to interfaces through pinned links, so that it stays attached when
 //! the agent exits and a restarted agent replaces the program in place, keeping the maps.
 
+use super::pins::link_pin;
 use anyhow::{anyhow, Context};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tracing::{info, warn};
 
@@ -18,11 +19,6 @@ pub enum AttachMode {
     Native,
     /// Generic XDP in the kernel's network stack: works everywhere, costs more.
     Skb,
-}
-
-/// Where the link of `iface` is pinned.
-pub fn link_pin(pin_path: &Path, iface: &str) -> PathBuf {
-    pin_path.join("links").join(iface)
 }
 
 /// Attaches `program` to `iface`, or takes over the link a previous agent pinned there.

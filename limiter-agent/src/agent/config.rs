@@ -281,12 +281,13 @@ impl Config {
             }
             seen.push((rule, line));
         }
-        if self.alerts.webhook.is_some() {
-            return Err(invalid(
-                line_of(text, "webhook"),
-                "[alerts] webhook is not supported by this version of limiter yet; remove it"
-                    .into(),
-            ));
+        if let Some(url) = &self.alerts.webhook {
+            if let Err(why) = super::events::WebhookUrl::parse(url) {
+                return Err(invalid(
+                    line_of(text, "webhook"),
+                    format!("[alerts] webhook: {why}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -427,6 +428,13 @@ mod tests {
     }
 
     #[test]
+    fn the_installed_example_is_valid_and_matches_the_defaults() {
+        let example = include_str!("../../../dist/limiter.toml");
+        let config = Config::parse(example, "dist/limiter.toml").unwrap();
+        assert_eq!(config, Config::load(None).unwrap().0);
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_file_and_line() {
         let cases = [
             (
@@ -498,9 +506,9 @@ mod tests {
                 "both have cidr",
             ),
             (
-                "[alerts]\nwebhook = \"http://127.0.0.1:9/x\"\n".to_owned(),
+                "[alerts]\nwebhook = \"https://127.0.0.1:9/x\"\n".to_owned(),
                 "line 2",
-                "webhook",
+                "webhook: \"https://127.0.0.1:9/x\": https is not supported",
             ),
         ];
         for (text, line, what) in cases {
@@ -510,6 +518,21 @@ mod tests {
                 "expected {line} and {what} in: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_http_webhook_is_accepted_and_anything_else_refused_with_its_line() {
+        let config = Config::parse(
+            "[alerts]\nwebhook = \"http://127.0.0.1:9000/limiter\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.alerts.webhook.as_deref(),
+            Some("http://127.0.0.1:9000/limiter")
+        );
+        let err = invalid("[limits]\nrate = 5\n\n[alerts]\nwebhook = \"127.0.0.1:9000\"\n");
+        assert!(err.contains("line 5") && err.contains("http://"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
-use super::config::{Config, ResolvedRule};
+use super::config::{Action, Config, ResolvedRule};
 use crate::api::{KeyInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
@@ -10,8 +10,10 @@ use aya::Ebpf;
 use limiter_common::bucket::{self, Limit};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
-    BucketKey, BucketState, Counter, DatapathConfig, RuleEntry, BUCKETS_MAP, CONFIG_MAP,
-    COUNTERS_MAP, DEFAULT_RULE_ID, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP, RULE_SHARED,
+    counter_index, BucketKey, BucketState, Counter, DatapathConfig, RuleEntry, BUCKETS_MAP,
+    CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES,
+    DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP,
+    RULES_V6_MAP, RULE_SHARED,
 };
 use std::collections::HashMap as StdHashMap;
 
@@ -23,12 +25,80 @@ pub struct Datapath {
     /// Owns the programs; the maps below were taken out of it.
     ebpf: Ebpf,
     buckets: HashMap<MapData, BucketKey, BucketState>,
-    config: Array<MapData, DatapathConfig>,
+    config_map: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
-    rules_v4: LpmTrie<MapData, [u8; 4], RuleEntry>,
-    rules_v6: LpmTrie<MapData, [u8; 16], RuleEntry>,
+    /// The configured rules.
+    rules: RuleTries,
+    /// The runtime overrides, looked up before the rules.
+    overrides: RuleTries,
     /// The limits in force by rule id, for `rule`, `remaining` and `retry_after_ms`.
     limits: StdHashMap<u32, (String, Limit)>,
+    /// The configuration in force (set by `apply`).
+    applied: Option<Config>,
+    /// The overrides in force (set by `set_overrides`).
+    override_rules: Vec<ResolvedRule>,
+}
+
+/// A pair of LPM tries (IPv4, IPv6) of [`RuleEntry`].
+struct RuleTries {
+    v4: LpmTrie<MapData, [u8; 4], RuleEntry>,
+    v6: LpmTrie<MapData, [u8; 16], RuleEntry>,
+}
+
+impl RuleTries {
+    /// Makes the tries hold exactly `rules`: new entries first, stale ones removed after, so a
+    /// packet never finds a CIDR that is in neither the old nor the new set.
+    fn write(&mut self, rules: &[ResolvedRule]) -> anyhow::Result<()> {
+        let entry = |rule: &ResolvedRule| RuleEntry {
+            id: rule.id,
+            action: rule.action_code(),
+            flags: if rule.shared { RULE_SHARED } else { 0 },
+            prefix_len: rule.cidr.prefix_len() as u32,
+            limit: rule.limit,
+        };
+        let mut wanted_v4 = Vec::new();
+        let mut wanted_v6 = Vec::new();
+        for rule in rules {
+            let octets = rule.cidr.octets();
+            let len = rule.cidr.prefix_len() as u32;
+            if rule.cidr.is_ipv4() {
+                let key = LpmKey::new(len, <[u8; 4]>::try_from(&octets[..]).unwrap());
+                self.v4
+                    .insert(&key, entry(rule), 0)
+                    .context("writing an IPv4 rule trie")?;
+                wanted_v4.push((len, key.data()));
+            } else {
+                let key = LpmKey::new(len, <[u8; 16]>::try_from(&octets[..]).unwrap());
+                self.v6
+                    .insert(&key, entry(rule), 0)
+                    .context("writing an IPv6 rule trie")?;
+                wanted_v6.push((len, key.data()));
+            }
+        }
+        let stale_v4: Vec<_> = self
+            .v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_v4.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale_v4 {
+            self.v4
+                .remove(&key)
+                .context("removing from an IPv4 rule trie")?;
+        }
+        let stale_v6: Vec<_> = self
+            .v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_v6.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale_v6 {
+            self.v6
+                .remove(&key)
+                .context("removing from an IPv6 rule trie")?;
+        }
+        Ok(())
+    }
 }
 
 /// Sums of the global per-CPU counters.
@@ -55,8 +125,14 @@ impl Datapath {
         let buckets = HashMap::try_from(take(BUCKETS_MAP)?)?;
         let config = Array::try_from(take(CONFIG_MAP)?)?;
         let counters = PerCpuArray::try_from(take(COUNTERS_MAP)?)?;
-        let rules_v4 = LpmTrie::try_from(take(RULES_V4_MAP)?)?;
-        let rules_v6 = LpmTrie::try_from(take(RULES_V6_MAP)?)?;
+        let rules = RuleTries {
+            v4: LpmTrie::try_from(take(RULES_V4_MAP)?)?,
+            v6: LpmTrie::try_from(take(RULES_V6_MAP)?)?,
+        };
+        let overrides = RuleTries {
+            v4: LpmTrie::try_from(take(OVERRIDES_V4_MAP)?)?,
+            v6: LpmTrie::try_from(take(OVERRIDES_V6_MAP)?)?,
+        };
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -65,29 +141,49 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             buckets,
-            config,
+            config_map: config,
             counters,
-            rules_v4,
-            rules_v6,
+            rules,
+            overrides,
             limits: StdHashMap::new(),
+            applied: None,
+            override_rules: Vec::new(),
         })
-    }
-
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
     }
 
     /// Tells the datapath the configuration: the rules first, then the config that enables them,
     /// so that every packet sees either the old rule set or the new one's entries.
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
-        let rules = config.resolved_rules();
-        self.write_rules(&rules)?;
-        let datapath: DatapathConfig = config.datapath();
-        self.config
+        self.rules.write(&config.resolved_rules())?;
+        self.applied = Some(config.clone());
+        self.write_config()
+    }
+
+    /// Replaces the runtime overrides (they win over every rule).
+    pub fn set_overrides(&mut self, overrides: Vec<ResolvedRule>) -> anyhow::Result<()> {
+        self.overrides.write(&overrides)?;
+        self.override_rules = overrides;
+        self.write_config()
+    }
+
+    /// Writes CONFIG from the configuration and overrides in force, and the limits the API
+    /// shows per rule id.
+    fn write_config(&mut self) -> anyhow::Result<()> {
+        let config = self.config().clone();
+        let mut datapath: DatapathConfig = config.datapath();
+        if self.override_rules.iter().any(|r| r.cidr.is_ipv4()) {
+            datapath.flags |= CONFIG_HAS_OVERRIDES_V4;
+        }
+        if self.override_rules.iter().any(|r| !r.cidr.is_ipv4()) {
+            datapath.flags |= CONFIG_HAS_OVERRIDES_V6;
+        }
+        self.config_map
             .set(0, datapath, 0)
             .context("writing the CONFIG map")?;
-        self.limits = rules
+        self.limits = config
+            .resolved_rules()
             .iter()
+            .chain(&self.override_rules)
             .map(|r| (r.id, (r.name.clone(), r.limit)))
             .chain([(
                 DEFAULT_RULE_ID,
@@ -97,75 +193,63 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the rule tries hold exactly `rules`.
-    fn write_rules(&mut self, rules: &[ResolvedRule]) -> anyhow::Result<()> {
-        let entry = |rule: &ResolvedRule| RuleEntry {
-            id: rule.id,
-            action: rule.action_code(),
-            flags: if rule.shared { RULE_SHARED } else { 0 },
-            prefix_len: rule.cidr.prefix_len() as u32,
-            limit: rule.limit,
+    /// The rule the datapath applies to sources in `prefix`: the longest-prefix override, else
+    /// the longest-prefix rule, else `[limits]` (id 0) — the same order as the XDP program.
+    pub fn rule_in_force(&self, prefix: &Prefix) -> ResolvedRule {
+        let longest = |rules: &[ResolvedRule]| {
+            rules
+                .iter()
+                .filter(|r| r.cidr.contains(prefix))
+                .max_by_key(|r| r.cidr.prefix_len())
+                .cloned()
         };
-        let mut wanted_v4 = Vec::new();
-        let mut wanted_v6 = Vec::new();
-        for rule in rules {
-            let octets = rule.cidr.octets();
-            let len = rule.cidr.prefix_len() as u32;
-            if rule.cidr.is_ipv4() {
-                let key = LpmKey::new(len, <[u8; 4]>::try_from(&octets[..]).unwrap());
-                self.rules_v4
-                    .insert(&key, entry(rule), 0)
-                    .context("writing RULES_V4")?;
-                wanted_v4.push((len, key.data()));
-            } else {
-                let key = LpmKey::new(len, <[u8; 16]>::try_from(&octets[..]).unwrap());
-                self.rules_v6
-                    .insert(&key, entry(rule), 0)
-                    .context("writing RULES_V6")?;
-                wanted_v6.push((len, key.data()));
-            }
-        }
-        let stale_v4: Vec<_> = self
-            .rules_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted_v4.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for key in stale_v4 {
-            self.rules_v4
-                .remove(&key)
-                .context("removing from RULES_V4")?;
-        }
-        let stale_v6: Vec<_> = self
-            .rules_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted_v6.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for key in stale_v6 {
-            self.rules_v6
-                .remove(&key)
-                .context("removing from RULES_V6")?;
-        }
-        Ok(())
+        longest(&self.override_rules)
+            .or_else(|| longest(&self.config().resolved_rules()))
+            .unwrap_or_else(|| ResolvedRule {
+                id: DEFAULT_RULE_ID,
+                name: "default".to_owned(),
+                cidr: Prefix::new(prefix.addr(), 0),
+                action: Action::Limit,
+                limit: self.config().default_limit(),
+                shared: false,
+            })
     }
 
-    pub fn totals(&self) -> anyhow::Result<Totals> {
-        let sum = |counter: Counter| -> anyhow::Result<u64> {
-            let values = self.counters.get(&(counter as u32), 0)?;
-            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        self.applied
+            .as_ref()
+            .expect("a configuration is applied before the datapath is shared")
+    }
+
+    /// Sums of the per-CPU counters: over every interface (`None`) or for one interface slot.
+    pub fn totals(&self, slot: Option<u32>) -> anyhow::Result<Totals> {
+        let mut sums = vec![0u64; COUNTER_ENTRIES as usize];
+        for (index, values) in self.counters.iter().enumerate() {
+            let values = values.context("reading the COUNTERS map")?;
+            sums[index] = values.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        let slots = match slot {
+            Some(slot) => slot..slot + 1,
+            None => 0..MAX_INTERFACES,
+        };
+        let sum = |counter: Counter| -> u64 {
+            slots
+                .clone()
+                .map(|slot| sums[counter_index(slot, counter) as usize])
+                .fold(0u64, u64::wrapping_add)
         };
         Ok(Totals {
-            passed: sum(Counter::Passed)?,
-            dropped: sum(Counter::Dropped)?,
-            would_drop: sum(Counter::WouldDrop)?,
-            allowed_by_rule: sum(Counter::AllowedByRule)?,
-            denied_by_rule: sum(Counter::DeniedByRule)?,
-            not_limited: sum(Counter::NotLimited)?,
-            unparsed: sum(Counter::Unparsed)?,
-            insert_failed: sum(Counter::InsertFailed)?,
-            keys_created: sum(Counter::KeysCreated)?,
-            contention_drops: sum(Counter::ContentionDrops)?,
+            passed: sum(Counter::Passed),
+            dropped: sum(Counter::Dropped),
+            would_drop: sum(Counter::WouldDrop),
+            allowed_by_rule: sum(Counter::AllowedByRule),
+            denied_by_rule: sum(Counter::DeniedByRule),
+            not_limited: sum(Counter::NotLimited),
+            unparsed: sum(Counter::Unparsed),
+            insert_failed: sum(Counter::InsertFailed),
+            keys_created: sum(Counter::KeysCreated),
+            contention_drops: sum(Counter::ContentionDrops),
         })
     }
 
@@ -173,18 +257,48 @@ impl Datapath {
     pub fn keys(&self) -> anyhow::Result<Vec<(BucketKey, KeyInfo)>> {
         let now = monotonic_now_ns();
         let mut keys = Vec::new();
-        for entry in self.buckets.iter() {
-            let (key, state) = match entry {
-                Ok(entry) => entry,
-                // An LRU entry evicted while we walk the map: skip it.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(err) => return Err(err).context("reading the BUCKETS map"),
-            };
-            if let Some(info) = self.describe(&key, &state, now) {
-                keys.push((key, info));
+        self.for_each_bucket(|key, state| {
+            if let Some(info) = self.describe(key, state, now) {
+                keys.push((*key, info));
             }
-        }
+        })?;
         Ok(keys)
+    }
+
+    /// Calls `visit` for every tracked key, reading the map in batches.
+    pub fn for_each_bucket(
+        &self,
+        visit: impl FnMut(&BucketKey, &BucketState),
+    ) -> anyhow::Result<()> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.buckets.map().fd().as_fd().as_raw_fd();
+        super::batch::for_each_bucket(fd, visit).context("reading the BUCKETS map")
+    }
+
+    /// The name and limit of the rule with `rule_id`. A bucket of a rule that is no longer
+    /// configured is shown under the default limit until the LRU map evicts it.
+    fn rule_limit(&self, rule_id: u32) -> Option<(String, Limit)> {
+        match self.limits.get(&rule_id) {
+            Some((name, limit)) => Some((name.clone(), *limit)),
+            None => Some((
+                format!("removed rule #{rule_id}"),
+                self.limits.get(&DEFAULT_RULE_ID)?.1,
+            )),
+        }
+    }
+
+    /// Keys tracked and keys exhausted right now, without building any list.
+    pub fn key_counts(&self) -> anyhow::Result<(u64, u64)> {
+        let now = monotonic_now_ns();
+        let (mut tracked, mut exhausted) = (0u64, 0u64);
+        self.for_each_bucket(|key, state| {
+            tracked += 1;
+            if let Some((_, limit)) = self.rule_limit(key.rule_id) {
+                exhausted += bucket::is_exhausted(state.tat_ns, now, &limit) as u64;
+            }
+        })?;
+        Ok((tracked, exhausted))
     }
 
     /// Keys matching a list query, sorted and cut as asked.
@@ -193,10 +307,16 @@ impl Datapath {
         exhausted_only: bool,
         sort: Option<SortBy>,
         top: Option<usize>,
+        prefix: Option<&Prefix>,
     ) -> anyhow::Result<Vec<KeyInfo>> {
         let mut keys: Vec<KeyInfo> = self
             .keys()?
             .into_iter()
+            .filter(|(key, _)| {
+                prefix.is_none_or(|wanted| {
+                    Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(wanted))
+                })
+            })
             .map(|(_, info)| info)
             .filter(|info| !exhausted_only || info.exhausted)
             .collect();
@@ -217,15 +337,7 @@ impl Datapath {
 
     fn describe(&self, key: &BucketKey, state: &BucketState, now: u64) -> Option<KeyInfo> {
         let prefix = Prefix::from_bucket_key(key)?;
-        // A bucket of a rule that is no longer configured: shown under its last known limit
-        // until the LRU map evicts it.
-        let (rule, limit) = match self.limits.get(&key.rule_id) {
-            Some((name, limit)) => (name.clone(), *limit),
-            None => (
-                format!("removed rule #{}", key.rule_id),
-                self.limits.get(&DEFAULT_RULE_ID)?.1,
-            ),
-        };
+        let (rule, limit) = self.rule_limit(key.rule_id)?;
         let limit = &limit;
         Some(KeyInfo {
             key: prefix.to_string(),

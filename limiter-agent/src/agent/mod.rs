@@ -2,12 +2,18 @@
 //! API, and leaves the program attached with its state pinned when it exits.
 
 mod attach;
+mod batch;
 mod bpffs;
 pub mod config;
 mod datapath;
+mod events;
+mod metrics;
+mod overrides;
+mod pins;
 mod server;
 
 pub use attach::AttachMode;
+pub use pins::{detach, DEFAULT_PIN_PATH};
 
 use crate::api::InterfaceInfo;
 use anyhow::{bail, Context};
@@ -15,13 +21,16 @@ use aya::programs::Xdp;
 use aya::EbpfLoader;
 use config::{Config, ConfigSource};
 use datapath::Datapath;
-use limiter_common::maps::{BUCKETS_MAP, LIMITER_PROG};
+use limiter_common::maps::{BUCKETS_MAP, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
+
+/// Members of this group may use the API socket.
+const API_GROUP: &str = "limiter";
 
 /// The XDP object, built by build.rs.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIMITER_BPF_OBJECT"));
@@ -41,13 +50,21 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH", default_value = crate::DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
     /// bpffs directory for the maps and links; mounted when it is not on a bpffs already.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/limiter")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// Directory of the agent's own state: the runtime overrides (kept across restarts).
+    #[arg(long, value_name = "DIR", default_value = overrides::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
+    /// keep it on loopback or a management network).
+    #[arg(long, value_name = "ADDR:PORT", default_value = metrics::DEFAULT_ADDR)]
+    pub metrics: std::net::SocketAddr,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Everything that can be refused is checked before any interface is touched.
     let (config, source) = Config::load(args.config.as_deref())?;
+    let overrides = overrides::OverrideStore::load(&args.state_dir)?;
     match &source {
         ConfigSource::EmbeddedDefault => info!(
             rate = config.limits.rate.get(),
@@ -57,51 +74,77 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ConfigSource::File(path) => info!(path = %path.display(), "configuration loaded"),
     }
     refuse_if_agent_running(&args.api_socket)?;
+    // Bound now, so that a taken port is refused before any interface is touched; served
+    // only once the API is (see below).
+    let metrics_listener = metrics::bind(args.metrics).await?;
 
+    if args.ifaces.len() > MAX_INTERFACES as usize {
+        bail!("at most {MAX_INTERFACES} interfaces per agent");
+    }
     bpffs::ensure_pin_dir(&args.pin_path)?;
-    let ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&args.pin_path)
-        .map_max_entries(BUCKETS_MAP, config.agent.max_keys)
-        .load(BPF_OBJECT)
-        .with_context(|| {
+    pins::check_pinned_maps(BPF_OBJECT, &args.pin_path, config.agent.max_keys)?;
+    let loader = |slot: u32| {
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&args.pin_path)
+            .map_max_entries(BUCKETS_MAP, config.agent.max_keys)
+            .override_global(IFACE_SLOT_GLOBAL, &slot, true);
+        loader.load(BPF_OBJECT).with_context(|| {
             format!(
                 "loading the XDP object (maps pinned under {})",
                 args.pin_path.display()
             )
-        })?;
-    let mut datapath = Datapath::new(ebpf)?;
+        })
+    };
+    // The first load creates (or adopts) the pinned maps; the agent reads and writes them
+    // through it, and runs the reset program from it.
+    let mut datapath = Datapath::new(loader(0)?)?;
     datapath.apply(&config)?;
+    datapath.set_overrides(server::resolved_overrides(&overrides, &config))?;
 
+    // One instance of the program per interface, sharing the pinned maps, each counting into
+    // its own slot of COUNTERS.
     let mut interfaces = Vec::new();
-    {
-        let program: &mut Xdp = datapath
-            .ebpf_mut()
+    let mut attachments = Vec::new();
+    for (slot, iface) in args.ifaces.iter().enumerate() {
+        let mut ebpf = loader(slot as u32)?;
+        let program: &mut Xdp = ebpf
             .program_mut(LIMITER_PROG)
             .context("the XDP object has no limiter program")?
             .try_into()?;
         program
             .load()
             .context("loading the XDP program into the kernel")?;
-        for iface in &args.ifaces {
-            let mode = attach::attach(program, iface, args.attach_mode, &args.pin_path)?;
-            interfaces.push(InterfaceInfo {
-                name: iface.clone(),
-                mode,
-            });
-        }
+        let mode = attach::attach(program, iface, args.attach_mode, &args.pin_path)?;
+        interfaces.push(InterfaceInfo {
+            name: iface.clone(),
+            mode,
+        });
+        attachments.push(ebpf);
     }
+    // Exhaustion events (the pinned ring buffer) and the program instances' log lines.
+    let events = events::Events::take(&mut attachments)?;
 
     // Bound only now: a connectable socket means the program is attached (tests rely on it).
     let listener = bind_api_socket(&args.api_socket)?;
     let state = Arc::new(server::AgentState {
         datapath: Mutex::new(datapath),
         interfaces,
-        config,
         config_source: source,
+        overrides: Mutex::new(overrides),
         pin_path: args.pin_path.clone(),
+        resets: std::sync::atomic::AtomicU64::new(0),
+        exhaustion_events: std::sync::atomic::AtomicU64::new(0),
     });
     info!(socket = %args.api_socket.display(), "serving the API");
+    tokio::spawn(reload_on_sighup(Arc::clone(&state)));
+    tokio::spawn(server::expire_overrides(Arc::clone(&state)));
+    metrics::spawn(metrics_listener, Arc::clone(&state));
+    events.spawn(Arc::clone(&state));
     let app = server::router(state);
+    // The program instances stay loaded while the agent runs (the pinned links keep them
+    // attached after it exits).
+    let _attachments = attachments;
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
@@ -134,8 +177,27 @@ fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    // Root and, when the group exists, members of `limiter` may use the API; nobody else.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Ok(Some(group)) = nix::unistd::Group::from_name(API_GROUP) {
+        nix::unistd::chown(path, None, Some(group.gid))
+            .with_context(|| format!("giving {} to group {API_GROUP}", path.display()))?;
+    }
     Ok(listener)
+}
+
+/// SIGHUP re-reads the config file, like `limiter reload`.
+async fn reload_on_sighup(state: Arc<server::AgentState>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; use `limiter reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP received: reloading the configuration");
+        let state = Arc::clone(&state);
+        // The outcome is logged by reload_config.
+        let _ = tokio::task::spawn_blocking(move || server::reload_config(&state)).await;
+    }
 }
 
 async fn shutdown_signal() {

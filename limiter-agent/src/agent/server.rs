@@ -1,7 +1,8 @@
 //! The JSON API on the Unix socket.
 
-use super::config::{Action, Config, ConfigSource};
+use super::config::{Action, Config, ConfigSource, ResolvedRule};
 use super::datapath::Datapath;
+use super::overrides::{self, Override, OverrideStore};
 use crate::api::*;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -10,14 +11,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use limiter_common::key::Prefix;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct AgentState {
     pub datapath: Mutex<Datapath>,
+    /// Attached interfaces; an interface's counter slot is its index here.
     pub interfaces: Vec<InterfaceInfo>,
-    pub config: Config,
+    /// Where the configuration comes from (the one in force is the datapath's).
     pub config_source: ConfigSource,
+    /// Runtime overrides; lock before `datapath` when both are needed.
+    pub overrides: Mutex<OverrideStore>,
     pub pin_path: PathBuf,
+    /// Keys reset through this agent since it started (`limiter_resets_total`).
+    pub resets: AtomicU64,
+    /// Times a key became exhausted, as this agent learned (`limiter_exhaustion_events_total`).
+    pub exhaustion_events: AtomicU64,
 }
 
 type Shared = Arc<AgentState>;
@@ -28,6 +37,13 @@ pub fn router(state: Shared) -> Router {
         .route(KEYS_PATH, get(list))
         .route(INSPECT_PATH, get(inspect))
         .route(RESET_PATH, post(reset))
+        .route(RELOAD_PATH, post(reload))
+        .route(
+            OVERRIDES_PATH,
+            get(list_overrides)
+                .post(add_override)
+                .delete(remove_override),
+        )
         .with_state(state)
 }
 
@@ -65,13 +81,14 @@ async fn with_datapath<T: Send + 'static>(
 
 async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
     with_datapath(&state, |datapath, state| {
-        let totals = datapath.totals()?;
-        let keys = datapath.keys()?;
-        let limits = &state.config.limits;
+        let totals = datapath.totals(None)?;
+        let (tracked, exhausted) = datapath.key_counts()?;
+        let config = datapath.config();
+        let limits = &config.limits;
         Ok(Json(Status {
             interfaces: state.interfaces.clone(),
-            tracked_keys: keys.len() as u64,
-            exhausted_keys: keys.iter().filter(|(_, k)| k.exhausted).count() as u64,
+            tracked_keys: tracked,
+            exhausted_keys: exhausted,
             passed: totals.passed,
             dropped: totals.dropped,
             dry_run: limits.dry_run,
@@ -81,16 +98,16 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
             not_limited: totals.not_limited,
             unparsed: totals.unparsed,
             insert_failed: totals.insert_failed,
-            evicted_keys: totals.keys_created.saturating_sub(keys.len() as u64),
+            evicted_keys: totals.keys_created.saturating_sub(tracked),
             contention_drops: totals.contention_drops,
-            rules: state.config.rules.len(),
+            rules: config.rules.len(),
             config: ConfigInfo {
                 source: state.config_source.to_string(),
                 rate: limits.rate.get(),
                 burst: limits.burst.get(),
                 ipv4_prefix: limits.ipv4_prefix,
                 ipv6_prefix: limits.ipv6_prefix,
-                max_keys: state.config.agent.max_keys,
+                max_keys: config.agent.max_keys,
                 pin_path: state.pin_path.display().to_string(),
             },
         }))
@@ -102,11 +119,13 @@ async fn list(
     State(state): State<Shared>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<KeyInfo>>, Failure> {
+    let prefix = query.prefix.as_deref().map(parse_key).transpose()?;
     with_datapath(&state, move |datapath, _| {
         Ok(Json(datapath.list(
             query.exhausted,
             query.sort,
             query.top,
+            prefix.as_ref(),
         )?))
     })
     .await
@@ -124,17 +143,28 @@ async fn inspect(
     Query(query): Query<InspectQuery>,
 ) -> Result<Json<KeyInfo>, Failure> {
     let wanted = parse_key(&query.key)?;
-    with_datapath(&state, move |datapath, state| {
-        let mut matches: Vec<_> = datapath
+    with_datapath(&state, move |datapath, _| {
+        let overlapping: Vec<_> = datapath
             .keys()?
             .into_iter()
             .filter(|(key, _)| Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(&wanted)))
-            .map(|(_, info)| info)
             .collect();
+        // A source keeps the bucket of a rule that no longer applies to it (after a reload or
+        // an override) until the LRU map evicts it: show the bucket in force.
+        let in_force: Vec<_> = overlapping
+            .iter()
+            .filter(|(key, _)| {
+                Prefix::from_bucket_key(key)
+                    .is_some_and(|p| datapath.rule_in_force(&p).id == key.rule_id)
+            })
+            .cloned()
+            .collect();
+        let chosen = if in_force.is_empty() { overlapping } else { in_force };
+        let mut matches: Vec<_> = chosen.into_iter().map(|(_, info)| info).collect();
         match matches.len() {
             0 => Err(Failure(
                 StatusCode::NOT_FOUND,
-                match state.config.rule_for(&wanted) {
+                match datapath.config().rule_for(&wanted) {
                     Some(rule) if rule.action != Action::Limit => format!(
                         "{wanted} is not tracked: rule '{}' ({}) {} it without a bucket",
                         rule.name,
@@ -178,7 +208,7 @@ async fn reset(
         .iter()
         .map(|k| parse_key(k))
         .collect::<Result<Vec<_>, _>>()?;
-    with_datapath(&state, move |datapath, _| {
+    with_datapath(&state, move |datapath, state| {
         let keys = datapath.keys()?;
         let mut reset = 0;
         let mut selected = vec![false; wanted.len()];
@@ -200,6 +230,7 @@ async fn reset(
             };
             if chosen && datapath.reset(key)? {
                 reset += 1;
+                state.resets.fetch_add(1, Ordering::Relaxed);
             }
         }
         let not_tracked = wanted
@@ -212,4 +243,200 @@ async fn reset(
         Ok(Json(ResetResponse { reset, not_tracked }))
     })
     .await
+}
+
+async fn reload(State(state): State<Shared>) -> Result<Json<ReloadResponse>, Failure> {
+    let state = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || reload_config(&state))
+        .await
+        .map_err(|err| Failure(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+        .map(Json)
+}
+
+/// Re-reads the config file and applies it, or refuses it and changes nothing. Shared by
+/// `limiter reload` and SIGHUP.
+pub fn reload_config(state: &AgentState) -> Result<ReloadResponse, Failure> {
+    let refuse = |message: String| {
+        tracing::warn!("reload refused: {message}");
+        Failure(StatusCode::UNPROCESSABLE_ENTITY, message)
+    };
+    let ConfigSource::File(path) = &state.config_source else {
+        return Err(refuse(
+            "the agent runs on the embedded default: there is no config file to re-read \
+             (restart it with --config PATH)"
+                .to_owned(),
+        ));
+    };
+    let (config, _) = Config::load(Some(path)).map_err(|err| refuse(err.to_string()))?;
+    let mut datapath = state
+        .datapath
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let running = datapath.config().clone();
+    if config.agent.max_keys != running.agent.max_keys {
+        return Err(refuse(format!(
+            "{}: [agent] max_keys cannot change while the agent runs (the bucket map was created \
+             with {}); put it back, or stop the agent, `limiter detach` and start it again \
+             (which drops every bucket)",
+            path.display(),
+            running.agent.max_keys
+        )));
+    }
+    if let Err(err) = datapath.apply(&config) {
+        // Put back what was in force; the error says what went wrong.
+        let _ = datapath.apply(&running);
+        return Err(Failure::from(err.context("applying the new configuration")));
+    }
+    tracing::info!(path = %path.display(), rules = config.rules.len(), "configuration reloaded");
+    Ok(ReloadResponse {
+        reloaded: true,
+        config: path.display().to_string(),
+        rules: config.rules.len(),
+    })
+}
+
+/// The overrides as the datapath applies them.
+pub fn resolved_overrides(store: &OverrideStore, config: &Config) -> Vec<ResolvedRule> {
+    store
+        .list()
+        .iter()
+        .map(|o| o.resolved(config.default_limit()))
+        .collect()
+}
+
+fn override_info(item: &Override, now_ms: u64) -> OverrideInfo {
+    OverrideInfo {
+        cidr: item.cidr.to_string(),
+        action: format!("{:?}", item.action).to_lowercase(),
+        rate: item.rate,
+        burst: item.burst,
+        expires_in_ms: item.expires_in_ms(now_ms),
+        rule: item.name(),
+    }
+}
+
+/// Applies the store's overrides to the datapath and saves them; on failure the datapath keeps
+/// what it had and the caller puts the store back.
+fn commit_overrides(state: &AgentState, store: &OverrideStore) -> Result<(), Failure> {
+    let mut datapath = state.datapath.lock().unwrap_or_else(|p| p.into_inner());
+    let resolved = resolved_overrides(store, datapath.config());
+    store.save().map_err(Failure::from)?;
+    datapath.set_overrides(resolved).map_err(Failure::from)
+}
+
+async fn list_overrides(State(state): State<Shared>) -> Json<Vec<OverrideInfo>> {
+    let store = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
+    let now = overrides::now_ms();
+    Json(store.list().iter().map(|o| override_info(o, now)).collect())
+}
+
+async fn add_override(
+    State(state): State<Shared>,
+    Json(request): Json<OverrideRequest>,
+) -> Result<Json<OverrideInfo>, Failure> {
+    let cidr = parse_key(&request.cidr)?;
+    let action = match request.action.as_str() {
+        "allow" => Action::Allow,
+        "deny" => Action::Deny,
+        "limit" => Action::Limit,
+        other => {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                format!("unknown action '{other}': allow, deny or limit"),
+            ))
+        }
+    };
+    let (rate, burst) = match (action, request.rate, request.burst) {
+        (Action::Limit, Some(rate), Some(burst)) if rate > 0 && burst > 0 => {
+            (Some(rate), Some(burst))
+        }
+        (Action::Limit, _, _) => {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                "limit needs --rate and --burst, both at least 1".to_owned(),
+            ))
+        }
+        _ => (None, None),
+    };
+    let now = overrides::now_ms();
+    let item = Override {
+        cidr,
+        action,
+        rate,
+        burst,
+        expires_at_ms: request.ttl_ms.map(|ttl| now.saturating_add(ttl)),
+        created_at_ms: now,
+    };
+    let state = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || {
+        let mut store = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let before = store.list().to_vec();
+        store.upsert(item.clone());
+        if let Err(err) = commit_overrides(&state, &store) {
+            for o in store.list().to_vec() {
+                store.remove(&o.cidr);
+            }
+            before.into_iter().for_each(|o| store.upsert(o));
+            return Err(err);
+        }
+        tracing::info!(cidr = %item.cidr, action = ?item.action, ttl_ms = ?request.ttl_ms, "override added");
+        Ok(Json(override_info(&item, now)))
+    })
+    .await
+    .map_err(|err| Failure(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+}
+
+async fn remove_override(
+    State(state): State<Shared>,
+    Query(query): Query<OverrideQuery>,
+) -> Result<Json<OverrideRemoved>, Failure> {
+    let cidr = parse_key(&query.cidr)?;
+    let state = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || {
+        let mut store = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = store.list().iter().find(|o| o.cidr == cidr).cloned() else {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("there is no override for {cidr} (see `limiter overrides`)"),
+            ));
+        };
+        store.remove(&cidr);
+        if let Err(err) = commit_overrides(&state, &store) {
+            store.upsert(old);
+            return Err(err);
+        }
+        tracing::info!(%cidr, "override removed");
+        Ok(Json(OverrideRemoved { removed: 1 }))
+    })
+    .await
+    .map_err(|err| Failure(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+}
+
+/// Removes overrides whose TTL has run out, every 200 ms.
+pub async fn expire_overrides(state: Shared) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let state = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut store = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            let lapsed = store.expire(overrides::now_ms());
+            if lapsed.is_empty() {
+                return;
+            }
+            match commit_overrides(&state, &store) {
+                Ok(()) => {
+                    for o in &lapsed {
+                        tracing::info!(cidr = %o.cidr, action = ?o.action, "override expired");
+                    }
+                }
+                Err(Failure(_, err)) => {
+                    // Try again on the next tick.
+                    lapsed.into_iter().for_each(|o| store.upsert(o));
+                    tracing::warn!("removing expired overrides: {err}");
+                }
+            }
+        })
+        .await;
+    }
 }

@@ -29,7 +29,13 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
         ("retry after", table::retry_after(info.retry_after_ms)),
         ("passed", info.passed.to_string()),
         ("dropped", info.dropped.to_string()),
-        ("would drop", format!("{} (over the limit, let through by dry run)", info.would_drop)),
+        (
+            "would drop",
+            format!(
+                "{} (over the limit, let through by dry run)",
+                info.would_drop
+            ),
+        ),
     ];
     for (name, value) in rows {
         println!("{name:<13}{value}");

@@ -22,6 +22,7 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
         exhausted: args.exhausted,
         top: args.top,
         sort: args.sort,
+        prefix: None,
     };
     let keys: Vec<KeyInfo> = args.api.client().get(KEYS_PATH, &query).await?;
     if args.api.json {

@@ -1,10 +1,14 @@
 //! The operator's commands; each talks to the agent through one [`ApiClient`].
 
+pub mod detach;
 pub mod inspect;
 pub mod list;
+pub mod overrides;
+pub mod reload;
 pub mod reset;
 mod status;
 mod table;
+pub mod top;
 
 use crate::client::{ApiClient, ClientError};
 use crate::exit::Failure;
@@ -36,7 +40,7 @@ pub async fn status(args: ApiArgs) -> Result<(), Failure> {
 }
 
 /// Prints `value` as pretty JSON.
-fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text =
         serde_json::to_string_pretty(value).map_err(|err| Failure::Other(err.to_string()))?;
     println!("{text}");

@@ -26,3 +26,14 @@ pub fn retry_after(ms: u64) -> String {
         _ => format!("{:.1} s", ms as f64 / 1000.0),
     }
 }
+
+/// "850 ms", "12 s", "4 min 10 s", "2 h 5 min".
+pub fn duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{secs} s"),
+        60_000..=3_599_999 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}

@@ -1,0 +1,87 @@
+//! Reading the whole bucket map in batches (`BPF_MAP_LOOKUP_BATCH`): thousands of entries per
+//! system call instead of two per entry (`get_next_key` + `lookup`, as aya's iterator and
+//! `bpftool map dump` do), which is what keeps `list`, `status` and metrics fast with a million
+//! tracked keys. aya 0.14 has no batch API, so the call is made here.
+
+use limiter_common::maps::{BucketKey, BucketState};
+use std::io;
+use std::os::fd::RawFd;
+
+/// `BPF_MAP_LOOKUP_BATCH` from linux/bpf.h.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries asked for per call.
+const CHUNK: usize = 8192;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Calls `visit` for every entry of the hash map `map_fd` (keys `BucketKey`, values
+/// `BucketState`). Entries added or evicted during the walk may or may not be seen, as with any
+/// walk of a live map.
+pub fn for_each_bucket(
+    map_fd: RawFd,
+    mut visit: impl FnMut(&BucketKey, &BucketState),
+) -> io::Result<()> {
+    let empty_key = BucketKey {
+        family: 0,
+        prefix_len: 0,
+        _pad: 0,
+        rule_id: 0,
+        addr: [0; 16],
+    };
+    let mut keys = vec![empty_key; CHUNK];
+    let mut values = vec![BucketState::default(); CHUNK];
+    // For hash maps the batch token is a bucket index (u32); no token starts from the beginning.
+    let mut token_in: u32 = 0;
+    let mut token_out: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u32 as u64
+            },
+            out_batch: &mut token_out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map_fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the kernel writes at most `count` keys and values into buffers of that many
+        // elements of the map's key and value sizes (checked by the caller's typed map), and one
+        // u32 token into `token_out`.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let error = (ret < 0).then(io::Error::last_os_error);
+        for i in 0..attr.count as usize {
+            visit(&keys[i], &values[i]);
+        }
+        match error {
+            None => {}
+            // The end of the map.
+            Some(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(err) => return Err(err),
+        }
+        token_in = token_out;
+        first = false;
+    }
+}

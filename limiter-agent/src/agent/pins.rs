@@ -1,0 +1,141 @@
+//! What the agent keeps on the BPF filesystem, in one place: where the maps and links are pinned,
+//! whether pinned maps fit the program, and removing them (`limiter detach`).
+
+use anyhow::{bail, Context};
+use aya::maps::MapInfo;
+use aya::programs::links::{FdLink, PinnedLink};
+use limiter_common::maps::{BUCKETS_MAP, RINGBUF_MAP_TYPE};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// `--pin-path` unless given: maps at `<dir>/<MAP>`, links at `<dir>/links/<IF>`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/limiter";
+
+/// Where the link of `iface` is pinned.
+pub fn link_pin(pin_path: &Path, iface: &str) -> PathBuf {
+    links_dir(pin_path).join(iface)
+}
+
+fn links_dir(pin_path: &Path) -> PathBuf {
+    pin_path.join("links")
+}
+
+/// Checks that the maps pinned under `pin_path` by an earlier agent have the type, key and value
+/// sizes and capacity that `object` declares (BUCKETS: `max_keys`), before they are adopted: an
+/// incompatible map would otherwise be handed to the new program as it is.
+pub fn check_pinned_maps(object: &[u8], pin_path: &Path, max_keys: u32) -> anyhow::Result<()> {
+    let object = aya_obj::Object::parse(object).context("parsing the XDP object")?;
+    let mut problems = Vec::new();
+    for (name, def) in &object.maps {
+        let pin = pin_path.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading the pinned map {}", pin.display()))?;
+        let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let expected_entries = if name == BUCKETS_MAP {
+            max_keys
+        } else {
+            def.max_entries()
+        };
+        let mut differs = Vec::new();
+        if pinned_type != def.map_type() {
+            differs.push(format!(
+                "type {} (expected {})",
+                pinned_type,
+                def.map_type()
+            ));
+        }
+        if info.key_size() != def.key_size() {
+            differs.push(format!(
+                "key size {} (expected {})",
+                info.key_size(),
+                def.key_size()
+            ));
+        }
+        if info.value_size() != def.value_size() {
+            differs.push(format!(
+                "value size {} (expected {})",
+                info.value_size(),
+                def.value_size()
+            ));
+        }
+        // The kernel rounds a ring buffer's size; its capacity is not part of the layout.
+        if def.map_type() != RINGBUF_MAP_TYPE && info.max_entries() != expected_entries {
+            let hint = if name == BUCKETS_MAP {
+                " — [agent] max_keys"
+            } else {
+                ""
+            };
+            differs.push(format!(
+                "max_entries {} (expected {expected_entries}{hint})",
+                info.max_entries()
+            ));
+        }
+        if !differs.is_empty() {
+            problems.push(format!("{name}: {}", differs.join(", ")));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the maps pinned under {} do not fit this program and configuration:\n  {}\n\
+             Either run the configuration (or version) that created them, or drop the pinned state \
+             — every bucket and counter — with `limiter detach --iface IF --pin-path {}` for each \
+             interface, then start the agent again",
+            pin_path.display(),
+            problems.join("\n  "),
+            pin_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// What `limiter detach` did.
+#[derive(Debug, Serialize)]
+pub struct DetachReport {
+    pub interface: String,
+    /// No interface was left attached, so the maps were unpinned too.
+    pub state_removed: bool,
+    /// Interfaces still attached from the same pin path.
+    pub still_attached: Vec<String>,
+}
+
+/// Takes the program off `iface` by unpinning its link (the link goes with its last reference),
+/// and removes the pinned maps when no other interface is attached from `pin_path`.
+pub fn detach(iface: &str, pin_path: &Path) -> anyhow::Result<DetachReport> {
+    super::bpffs::ensure_pin_dir(pin_path)?;
+    let pin = link_pin(pin_path, iface);
+    if !pin.exists() {
+        bail!(
+            "limiter is not attached to {iface} from {} (no pinned link at {}); \
+             check --pin-path, or `ip link show {iface}` for another XDP program",
+            pin_path.display(),
+            pin.display()
+        );
+    }
+    let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let link: FdLink = link
+        .unpin()
+        .with_context(|| format!("unpinning {}", pin.display()))?;
+    drop(link);
+
+    let still_attached: Vec<String> = std::fs::read_dir(links_dir(pin_path))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let state_removed = still_attached.is_empty();
+    if state_removed {
+        std::fs::remove_dir_all(pin_path)
+            .with_context(|| format!("removing {}", pin_path.display()))?;
+    }
+    Ok(DetachReport {
+        interface: iface.to_owned(),
+        state_removed,
+        still_attached,
+    })
+}

@@ -1,0 +1,23 @@
+//! For `cargo xtask bench` (flood throughput): an XDP program that passes every packet and does
+//! nothing else, attached to the receiving veth in the arms without an XDP program of their own
+//! (no filter, nftables, iptables), so that the generator's XDP frames become packets of the
+//! network stack there, as a NIC's would.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn bare_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
