@@ -71,12 +71,64 @@ impl ApiClient {
         self.request(Method::POST, path, Bytes::from(body)).await
     }
 
+    /// GETs `path` and copies the answer's body to `out` as it arrives, without holding it
+    /// in memory (for `list --json` over a million keys).
+    pub async fn get_streamed(
+        &self,
+        path: &str,
+        query: &impl Serialize,
+        out: &mut impl std::io::Write,
+    ) -> Result<(), ClientError> {
+        let query = serde_urlencoded::to_string(query).map_err(|err| self.transport(err))?;
+        let uri = format!("{path}?{query}");
+        let response = self.send(Method::GET, &uri, Bytes::new()).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|err| self.transport(err))?
+                .to_bytes();
+            return Err(self.refusal(status.as_u16(), &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| self.transport(err))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data).map_err(|err| self.transport(err))?;
+            }
+        }
+        out.flush().map_err(|err| self.transport(err))
+    }
+
     async fn request<T: DeserializeOwned>(
         &self,
         method: Method,
         uri: &str,
         body: Bytes,
     ) -> Result<T, ClientError> {
+        let response = self.send(method, uri, body).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| self.transport(err))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(self.refusal(status.as_u16(), &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|err| self.transport(format!("unexpected answer: {err}")))
+    }
+
+    /// Connects to the agent and sends one request; the answer's head.
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|err| match err.kind() {
@@ -97,28 +149,18 @@ impl ApiClient {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|err| self.transport(err))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .map_err(|err| self.transport(err))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|err| self.transport(err))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Refused {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        serde_json::from_slice(&body)
-            .map_err(|err| self.transport(format!("unexpected answer: {err}")))
+            .map_err(|err| self.transport(err))
+    }
+
+    /// The agent's refusal, with its message for the operator.
+    fn refusal(&self, status: u16, body: &[u8]) -> ClientError {
+        let message = serde_json::from_slice::<ApiError>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+        ClientError::Refused { status, message }
     }
 
     fn transport(&self, error: impl std::fmt::Display) -> ClientError {

@@ -276,16 +276,9 @@ impl Datapath {
         super::batch::for_each_bucket(fd, visit).context("reading the BUCKETS map")
     }
 
-    /// The name and limit of the rule with `rule_id`. A bucket of a rule that is no longer
-    /// configured is shown under the default limit until the LRU map evicts it.
+    /// The name and limit of the rule with `rule_id`.
     fn rule_limit(&self, rule_id: u32) -> Option<(String, Limit)> {
-        match self.limits.get(&rule_id) {
-            Some((name, limit)) => Some((name.clone(), *limit)),
-            None => Some((
-                format!("removed rule #{rule_id}"),
-                self.limits.get(&DEFAULT_RULE_ID)?.1,
-            )),
-        }
+        rule_limit(&self.limits, rule_id)
     }
 
     /// Keys tracked and keys exhausted right now, without building any list.
@@ -301,56 +294,63 @@ impl Datapath {
         Ok((tracked, exhausted))
     }
 
-    /// Keys matching a list query, sorted and cut as asked.
-    pub fn list(
+    /// The keys a list query asks for, filtered, sorted and cut in the agent on the raw map
+    /// entries (64 bytes each); they are turned into `KeyInfo`s only as the answer is written.
+    pub fn select(
         &self,
         exhausted_only: bool,
         sort: Option<SortBy>,
         top: Option<usize>,
         prefix: Option<&Prefix>,
-    ) -> anyhow::Result<Vec<KeyInfo>> {
-        let mut keys: Vec<KeyInfo> = self
-            .keys()?
-            .into_iter()
-            .filter(|(key, _)| {
-                prefix.is_none_or(|wanted| {
-                    Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(wanted))
-                })
-            })
-            .map(|(_, info)| info)
-            .filter(|info| !exhausted_only || info.exhausted)
-            .collect();
-        match sort {
-            Some(SortBy::Drops) => {
-                keys.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.key.cmp(&b.key)))
+    ) -> anyhow::Result<KeyList> {
+        let now = monotonic_now_ns();
+        let mut entries = Vec::new();
+        self.for_each_bucket(|key, state| {
+            if let Some(wanted) = prefix {
+                if !Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(wanted)) {
+                    return;
+                }
             }
-            Some(SortBy::Passed) => {
-                keys.sort_by(|a, b| b.passed.cmp(&a.passed).then(a.key.cmp(&b.key)))
+            if exhausted_only
+                && !self
+                    .rule_limit(key.rule_id)
+                    .is_some_and(|(_, limit)| bucket::is_exhausted(state.tat_ns, now, &limit))
+            {
+                return;
             }
-            None => keys.sort_by(|a, b| a.key.cmp(&b.key)),
-        }
+            entries.push((*key, *state));
+        })?;
+        // Most first for counters; by address otherwise.
+        let order = |a: &(BucketKey, BucketState), b: &(BucketKey, BucketState)| {
+            let by_key = (a.0.family, a.0.addr, a.0.prefix_len, a.0.rule_id).cmp(&(
+                b.0.family,
+                b.0.addr,
+                b.0.prefix_len,
+                b.0.rule_id,
+            ));
+            match sort {
+                Some(SortBy::Drops) => b.1.dropped.cmp(&a.1.dropped).then(by_key),
+                Some(SortBy::Passed) => b.1.passed.cmp(&a.1.passed).then(by_key),
+                None => by_key,
+            }
+        };
         if let Some(top) = top {
-            keys.truncate(top);
+            if top < entries.len() {
+                // Only the first `top` need sorting.
+                entries.select_nth_unstable_by(top, order);
+                entries.truncate(top);
+            }
         }
-        Ok(keys)
+        entries.sort_unstable_by(order);
+        Ok(KeyList {
+            entries,
+            limits: self.limits.clone(),
+            now,
+        })
     }
 
     fn describe(&self, key: &BucketKey, state: &BucketState, now: u64) -> Option<KeyInfo> {
-        let prefix = Prefix::from_bucket_key(key)?;
-        let (rule, limit) = self.rule_limit(key.rule_id)?;
-        let limit = &limit;
-        Some(KeyInfo {
-            key: prefix.to_string(),
-            rule,
-            rate: limit.rate(),
-            burst: limit.burst(),
-            remaining: bucket::remaining(state.tat_ns, now, limit),
-            exhausted: bucket::is_exhausted(state.tat_ns, now, limit),
-            retry_after_ms: bucket::retry_after_ns(state.tat_ns, now, limit).div_ceil(1_000_000),
-            passed: state.passed,
-            dropped: state.dropped,
-            would_drop: state.would_drop,
-        })
+        describe(key, state, now, &self.limits)
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).
@@ -379,4 +379,54 @@ pub fn monotonic_now_ns() -> u64 {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+/// The answer to a list query: raw entries, described one at a time as they are written out.
+pub struct KeyList {
+    entries: Vec<(BucketKey, BucketState)>,
+    limits: StdHashMap<u32, (String, Limit)>,
+    now: u64,
+}
+
+impl KeyList {
+    pub fn infos(&self) -> impl Iterator<Item = KeyInfo> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|(key, state)| describe(key, state, self.now, &self.limits))
+    }
+}
+
+/// The name and limit of the rule with `rule_id`. A bucket of a rule that is no longer
+/// configured is shown under the default limit until the LRU map evicts it.
+fn rule_limit(limits: &StdHashMap<u32, (String, Limit)>, rule_id: u32) -> Option<(String, Limit)> {
+    match limits.get(&rule_id) {
+        Some((name, limit)) => Some((name.clone(), *limit)),
+        None => Some((
+            format!("removed rule #{rule_id}"),
+            limits.get(&DEFAULT_RULE_ID)?.1,
+        )),
+    }
+}
+
+fn describe(
+    key: &BucketKey,
+    state: &BucketState,
+    now: u64,
+    limits: &StdHashMap<u32, (String, Limit)>,
+) -> Option<KeyInfo> {
+    let prefix = Prefix::from_bucket_key(key)?;
+    let (rule, limit) = rule_limit(limits, key.rule_id)?;
+    let limit = &limit;
+    Some(KeyInfo {
+        key: prefix.to_string(),
+        rule,
+        rate: limit.rate(),
+        burst: limit.burst(),
+        remaining: bucket::remaining(state.tat_ns, now, limit),
+        exhausted: bucket::is_exhausted(state.tat_ns, now, limit),
+        retry_after_ms: bucket::retry_after_ns(state.tat_ns, now, limit).div_ceil(1_000_000),
+        passed: state.passed,
+        dropped: state.dropped,
+        would_drop: state.would_drop,
+    })
 }

@@ -115,20 +115,42 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
     .await
 }
 
+/// Streams the answer: a million keys are written out in chunks as they are described, never
+/// held in memory as one big JSON text.
 async fn list(
     State(state): State<Shared>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Vec<KeyInfo>>, Failure> {
+) -> Result<Response, Failure> {
     let prefix = query.prefix.as_deref().map(parse_key).transpose()?;
-    with_datapath(&state, move |datapath, _| {
-        Ok(Json(datapath.list(
-            query.exhausted,
-            query.sort,
-            query.top,
-            prefix.as_ref(),
-        )?))
+    let list = with_datapath(&state, move |datapath, _| {
+        Ok(datapath.select(query.exhausted, query.sort, query.top, prefix.as_ref())?)
     })
-    .await
+    .await?;
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        const CHUNK: usize = 256 * 1024;
+        let mut buf = Vec::with_capacity(CHUNK + 1024);
+        buf.push(b'[');
+        for (i, info) in list.infos().enumerate() {
+            buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+            serde_json::to_writer(&mut buf, &info).expect("a KeyInfo always serializes");
+            if buf.len() >= CHUNK
+                && chunks
+                    .blocking_send(Ok(std::mem::take(&mut buf).into()))
+                    .is_err()
+            {
+                return; // The client went away.
+            }
+        }
+        buf.extend_from_slice(b"\n]\n");
+        let _ = chunks.blocking_send(Ok(buf.into()));
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 fn parse_key(text: &str) -> Result<Prefix, Failure> {

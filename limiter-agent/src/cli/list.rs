@@ -1,4 +1,4 @@
-use super::{print_json, table, ApiArgs};
+use super::{table, ApiArgs};
 use crate::api::{KeyInfo, ListQuery, SortBy, KEYS_PATH};
 use crate::exit::Failure;
 
@@ -24,10 +24,17 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
         sort: args.sort,
         prefix: None,
     };
-    let keys: Vec<KeyInfo> = args.api.client().get(KEYS_PATH, &query).await?;
     if args.api.json {
-        return print_json(&keys);
+        // Straight through: a million keys never sit in this process.
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        return Ok(args
+            .api
+            .client()
+            .get_streamed(KEYS_PATH, &query, &mut out)
+            .await?);
     }
+    let keys: Vec<KeyInfo> = args.api.client().get(KEYS_PATH, &query).await?;
     if keys.is_empty() {
         println!(
             "{}",
@@ -65,11 +72,11 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
             k.remaining.to_string(),
             table::yes_no(k.exhausted).to_owned(),
             table::retry_after(k.retry_after_ms),
-            k.passed.to_string(),
-            k.dropped.to_string(),
+            table::count(k.passed),
+            table::count(k.dropped),
         ];
         if dry_run {
-            row.push(k.would_drop.to_string());
+            row.push(table::count(k.would_drop));
         }
         out.add_row(row);
     }

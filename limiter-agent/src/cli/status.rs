@@ -27,8 +27,8 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
         ),
         ("exhausted keys", status.exhausted_keys.to_string()),
         ("rules", status.rules.to_string()),
-        ("passed", status.passed.to_string()),
-        ("dropped", status.dropped.to_string()),
+        ("passed", exact_and_short(status.passed)),
+        ("dropped", exact_and_short(status.dropped)),
         ("dry run", yes_no(status.dry_run).to_owned()),
         (
             "would drop",
@@ -62,4 +62,14 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
         println!("{name:<17}{value}");
     }
     Ok(())
+}
+
+/// "1234567 (1.23M)": exact for scripts that scrape, short for the eye.
+fn exact_and_short(n: u64) -> String {
+    let short = super::table::count(n);
+    if short == n.to_string() {
+        short
+    } else {
+        format!("{n} ({short})")
+    }
 }

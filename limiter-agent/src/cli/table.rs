@@ -37,3 +37,37 @@ pub fn duration(ms: u64) -> String {
         _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
     }
 }
+
+/// A count for a table: exact below 10 000, else "12.3k", "4.56M", "7.1G".
+pub fn count(n: u64) -> String {
+    let (value, unit) = match n {
+        0..=9_999 => return n.to_string(),
+        10_000..=999_999 => (n as f64 / 1e3, "k"),
+        1_000_000..=999_999_999 => (n as f64 / 1e6, "M"),
+        _ => (n as f64 / 1e9, "G"),
+    };
+    let digits = if value < 10.0 {
+        2
+    } else if value < 100.0 {
+        1
+    } else {
+        0
+    };
+    format!("{value:.digits$}{unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_times_read_well() {
+        assert_eq!(count(9_999), "9999");
+        assert_eq!(count(12_345), "12.3k");
+        assert_eq!(count(4_560_000), "4.56M");
+        assert_eq!(count(7_100_000_000), "7.10G");
+        assert_eq!(retry_after(0), "now");
+        assert_eq!(retry_after(120), "120 ms");
+        assert_eq!(duration(250_000), "4 min 10 s");
+    }
+}
