@@ -125,8 +125,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Exhaustion events (the pinned ring buffer) and the program instances' log lines.
     let events = events::Events::take(&mut attachments)?;
 
-    // Bound only now: a connectable socket means the program is attached (tests rely on it).
-    let listener = bind_api_socket(&args.api_socket)?;
     let state = Arc::new(server::AgentState {
         datapath: Mutex::new(datapath),
         interfaces,
@@ -136,11 +134,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         resets: std::sync::atomic::AtomicU64::new(0),
         exhaustion_events: std::sync::atomic::AtomicU64::new(0),
     });
-    info!(socket = %args.api_socket.display(), "serving the API");
     tokio::spawn(reload_on_sighup(Arc::clone(&state)));
     tokio::spawn(server::expire_overrides(Arc::clone(&state)));
     metrics::spawn(metrics_listener, Arc::clone(&state));
     events.spawn(Arc::clone(&state));
+    // Bound last: a connectable socket means the program is attached and every task has started
+    // (tests rely on it).
+    let listener = bind_api_socket(&args.api_socket)?;
+    info!(socket = %args.api_socket.display(), "serving the API");
     let app = server::router(state);
     // The program instances stay loaded while the agent runs (the pinned links keep them
     // attached after it exits).
