@@ -220,12 +220,20 @@ impl Config {
             origin: origin.to_owned(),
             message: format!("line {line}: {message}"),
         };
+        if let Err(why) = check_limit(self.limits.rate.get(), self.limits.burst.get()) {
+            return Err(invalid(line_of(text, "burst"), format!("[limits]: {why}")));
+        }
         let mut seen: Vec<(&Rule, usize)> = Vec::new();
         for spanned in &self.rules {
             let rule = spanned.get_ref();
             let line = line_at(text, spanned.span().start);
             if rule.name.trim().is_empty() {
                 return Err(invalid(line, "a rule needs a name".into()));
+            }
+            if let (Some(rate), Some(burst)) = (rule.rate, rule.burst) {
+                if let Err(why) = check_limit(rate.get(), burst.get()) {
+                    return Err(invalid(line, format!("rule '{}': {why}", rule.name)));
+                }
             }
             match rule.action {
                 Action::Limit if rule.rate.is_none() || rule.burst.is_none() => {
@@ -347,6 +355,19 @@ impl Config {
             valid: 1,
         }
     }
+}
+
+/// Refuses a burst the datapath could not represent: the bucket holds `burst / rate` seconds
+/// of credit in a 64-bit count of nanoseconds (about 584 years).
+pub fn check_limit(rate: u64, burst: u64) -> Result<(), String> {
+    let limit = Limit::new(rate, burst);
+    if limit.burst() != burst {
+        return Err(format!(
+            "burst {burst} at rate {rate}/s is more than the bucket can hold (at most {})",
+            limit.burst()
+        ));
+    }
+    Ok(())
 }
 
 /// A rule ready for the datapath: its stable id, action and limit.
@@ -533,6 +554,16 @@ mod tests {
         );
         let err = invalid("[limits]\nrate = 5\n\n[alerts]\nwebhook = \"127.0.0.1:9000\"\n");
         assert!(err.contains("line 5") && err.contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn a_burst_the_bucket_cannot_hold_is_refused() {
+        let err = invalid("[limits]\nrate = 1\nburst = 100000000000\n");
+        assert!(
+            err.contains("line 3") && err.contains("more than the bucket can hold"),
+            "{err}"
+        );
+        assert!(check_limit(1_000_000, 1_000_000_000).is_ok());
     }
 
     #[test]

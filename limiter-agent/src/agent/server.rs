@@ -370,6 +370,8 @@ async fn add_override(
     };
     let (rate, burst) = match (action, request.rate, request.burst) {
         (Action::Limit, Some(rate), Some(burst)) if rate > 0 && burst > 0 => {
+            super::config::check_limit(rate, burst)
+                .map_err(|why| Failure(StatusCode::BAD_REQUEST, why))?;
             (Some(rate), Some(burst))
         }
         (Action::Limit, _, _) => {
