@@ -78,6 +78,23 @@ const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
 /// The hop limit every genuine neighbour-discovery message carries.
 const ND_HOP_LIMIT: u8 = 255;
+/// ICMPv6 multicast listener query, report and done (MLDv1), and MLDv2 report.
+const MLD_QUERY: u8 = 130;
+const MLD_DONE: u8 = 132;
+const MLDV2_REPORT: u8 = 143;
+/// The hop limit every genuine MLD message carries.
+const MLD_HOP_LIMIT: u8 = 1;
+
+#[inline(always)]
+fn is_mld(icmp_type: u8) -> bool {
+    (MLD_QUERY..=MLD_DONE).contains(&icmp_type) || icmp_type == MLDV2_REPORT
+}
+
+/// fe80::/10 or ::.
+#[inline(always)]
+fn is_link_local_or_unspecified(addr: &[u8; 16]) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || addr.iter().all(|b| *b == 0)
+}
 
 /// The source address of a packet the program limits.
 pub enum Source {
@@ -210,6 +227,15 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 // rather than let through unlimited.
                 if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&icmp_type)
                     && hop_limit == ND_HOP_LIMIT
+                {
+                    return Parsed::NotLimited;
+                }
+                // Multicast listener discovery keeps the link's multicast working (and ND with
+                // it): link-local by rule — hop limit 1, from a link-local or the unspecified
+                // address (RFC 3810 §5, §7.4) — so it cannot be a remote client's traffic.
+                if is_mld(icmp_type)
+                    && hop_limit == MLD_HOP_LIMIT
+                    && is_link_local_or_unspecified(&source)
                 {
                     return Parsed::NotLimited;
                 }

@@ -307,6 +307,14 @@ fn model(frame: &[u8]) -> Class {
                             None => Class::Unparsed,
                             // ND only with hop limit 255 (RFC 4861).
                             Some([133..=137, ..]) if header[7] == 255 => Class::NotLimited,
+                            // MLD only with hop limit 1 from fe80::/10 or :: (RFC 3810).
+                            Some([130..=132 | 143, ..])
+                                if header[7] == 1
+                                    && ((header[8] == 0xfe && header[9] & 0xc0 == 0x80)
+                                        || header[8..24].iter().all(|b| *b == 0)) =>
+                            {
+                                Class::NotLimited
+                            }
                             Some(_) => Class::Limited,
                         };
                     }
@@ -515,6 +523,22 @@ fn table() -> Vec<Case> {
     let mut forged = v6(&[], s.v6(), &[], icmp, &ns);
     forged[14 + 7] = 64;
     case("IPv6 ND NS with hop limit 64 (forged)", forged, Limited);
+    // MLD from a link-local address with hop limit 1 keeps the link working: not limited; the
+    // same from a global address, or with another hop limit, is limited.
+    let mut mld = v6(&[], s.v6(), &[], icmp, &icmpv6(143));
+    mld[14 + 7] = 1;
+    let mut link_local = mld.clone();
+    link_local[14 + 8..14 + 24]
+        .copy_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+    case("IPv6 MLDv2 report from a global address", mld, Limited);
+    case(
+        "IPv6 MLDv2 report from fe80::7, hop limit 1",
+        link_local.clone(),
+        NotLimited,
+    );
+    let mut far = link_local;
+    far[14 + 7] = 64;
+    case("IPv6 MLDv2 report from fe80::7, hop limit 64", far, Limited);
     let name = "IPv6 ND NS behind a 16-byte Hop-by-Hop (8-byte units)";
     case(
         name,
