@@ -86,7 +86,16 @@ const RESIDENT_HIT_V6: usize = 4;
 const NEW_SPARSE: usize = 5;
 const NEW_FULL: usize = 6;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes ^C set [`INTERRUPTED`] (once per process; the benchmark's parts check it and clean up).
+pub(crate) fn set_interrupt_handler() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))
+            .expect("setting the ^C handler");
+    });
+}
 
 /// How much of everything a run does.
 struct Plan {
@@ -131,7 +140,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let plan = Plan::new(quick);
     // The new-key arms draw their sources from one /16, a different one per packet.
     ensure!(plan.rounds * plan.singles <= PER_NET as usize);
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))?;
+    set_interrupt_handler();
 
     let started = Instant::now();
     let bpffs = Path::new(TEST_BPFFS);
@@ -509,7 +518,7 @@ fn summarize(arm: &ArmResult, floor: &ArmResult) -> Summary {
 }
 
 /// Median of `values`; sorts them.
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {
@@ -577,12 +586,12 @@ fn test_run(program: &Xdp, packet: &[u8], repeat: u32) -> anyhow::Result<(u32, u
 // ---------------------------------------------------------------------------------------------
 
 /// Where limiter-agent's build script leaves the eBPF objects.
-fn object_dir() -> PathBuf {
+pub(crate) fn object_dir() -> PathBuf {
     crate::root().join("target/ebpf/bpfel-unknown-none/release")
 }
 
 /// Loads an object without maps and its XDP programs `names`.
-fn load_plain(path: &Path, names: &[&str]) -> anyhow::Result<Ebpf> {
+pub(crate) fn load_plain(path: &Path, names: &[&str]) -> anyhow::Result<Ebpf> {
     let mut ebpf = Ebpf::load_file(path).with_context(|| format!("loading {}", path.display()))?;
     for name in names {
         let program: &mut Xdp = ebpf
@@ -597,7 +606,7 @@ fn load_plain(path: &Path, names: &[&str]) -> anyhow::Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
+pub(crate) fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
     let program: &Xdp = ebpf
         .program(name)
         .with_context(|| format!("no program {name}"))?
@@ -607,11 +616,11 @@ fn program<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
 }
 
 /// Prefix of the benchmark's pin directories under the test bpffs: `bench-<pid>-<name>`.
-const PIN_PREFIX: &str = "bench-";
+pub(crate) const PIN_PREFIX: &str = "bench-";
 
 /// Removes pin directories of benchmark runs whose process is gone (killed before cleaning up):
 /// their maps would otherwise stay in the kernel.
-fn remove_stale_pin_dirs(bpffs: &Path) {
+pub(crate) fn remove_stale_pin_dirs(bpffs: &Path) {
     let Ok(entries) = std::fs::read_dir(bpffs) else {
         return;
     };
@@ -783,7 +792,11 @@ struct BatchAttr {
 }
 
 /// `BPF_MAP_UPDATE_BATCH` (kernel 5.6) of `keys` → `values`, `BPF_ANY`.
-fn update_batch(fd: i32, keys: &[BucketKey], values: &[BucketState]) -> anyhow::Result<()> {
+pub(crate) fn update_batch(
+    fd: i32,
+    keys: &[BucketKey],
+    values: &[BucketState],
+) -> anyhow::Result<()> {
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     assert_eq!(keys.len(), values.len());
     let mut attr = BatchAttr {
@@ -829,7 +842,7 @@ fn in_net(net: [u8; 2], host: u32) -> [u8; 4] {
 }
 
 /// Host `host` of 2001:2::/96.
-fn in_v6_net(host: u32) -> [u8; 16] {
+pub(crate) fn in_v6_net(host: u32) -> [u8; 16] {
     let mut addr = [0; 16];
     addr[..12].copy_from_slice(&V6_NET);
     addr[12..].copy_from_slice(&host.to_be_bytes());
@@ -837,7 +850,7 @@ fn in_v6_net(host: u32) -> [u8; 16] {
 }
 
 /// The key of an IPv4 source (`ipv4_prefix = 32`, no rule).
-fn v4_key(addr: [u8; 4]) -> BucketKey {
+pub(crate) fn v4_key(addr: [u8; 4]) -> BucketKey {
     let mut key_addr = [0; 16];
     key_addr[..4].copy_from_slice(&addr);
     BucketKey {
@@ -850,7 +863,7 @@ fn v4_key(addr: [u8; 4]) -> BucketKey {
 }
 
 /// The key of an IPv6 source (`ipv6_prefix = 128`, no rule).
-fn v6_key(addr: [u8; 16]) -> BucketKey {
+pub(crate) fn v6_key(addr: [u8; 16]) -> BucketKey {
     BucketKey {
         family: FAMILY_IPV6,
         prefix_len: 128,
@@ -867,7 +880,7 @@ fn spare_keys(plan: &Plan) -> u32 {
 }
 
 /// 1234567 → "1 234 567".
-fn thousands(n: u32) -> String {
+pub(crate) fn thousands(n: u32) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -883,7 +896,7 @@ const IPV4_SOURCE_AT: usize = 14 + 12;
 const IPV4_CHECKSUM_AT: usize = 14 + 10;
 
 /// A 64-byte Ethernet frame: IPv4, UDP to port 9000, from `source`.
-fn ipv4_udp(source: [u8; 4]) -> Vec<u8> {
+pub(crate) fn ipv4_udp(source: [u8; 4]) -> Vec<u8> {
     let mut frame = vec![
         0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x02,
     ];
@@ -977,20 +990,20 @@ impl XorShift {
 // The report
 // ---------------------------------------------------------------------------------------------
 
-struct Machine {
-    nproc: usize,
-    cpu: String,
-    kernel: String,
-    clocksource: String,
+pub(crate) struct Machine {
+    pub(crate) nproc: usize,
+    pub(crate) cpu: String,
+    pub(crate) kernel: String,
+    pub(crate) clocksource: String,
     bpf_stats: String,
     coarse_resolution_ns: Option<i64>,
-    date: String,
-    load_before: String,
-    load_after: String,
+    pub(crate) date: String,
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
 }
 
 impl Machine {
-    fn read(load_before: String) -> Machine {
+    pub(crate) fn read(load_before: String) -> Machine {
         let read = |path: &str| {
             std::fs::read_to_string(path)
                 .map(|s| s.trim().to_owned())
@@ -1028,7 +1041,7 @@ impl Machine {
 }
 
 /// The 1-minute load average.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
@@ -1045,7 +1058,7 @@ fn no_minus_zero(x: f64) -> f64 {
 }
 
 /// 100000 → "100k", 1000000 → "1M".
-fn count_label(n: u32) -> String {
+pub(crate) fn count_label(n: u32) -> String {
     if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
     } else if n.is_multiple_of(1000) {
@@ -1316,17 +1329,22 @@ fn table(out: &mut String, arms: &[Arm], results: &[ArmResult], floor: &ArmResul
     }
 }
 
-/// Replaces the section of `path` that starts with [`SECTION`] (up to the next `## ` heading) by
-/// `section`, or appends it; creates the file when there is none.
+/// Replaces the section of `path` that starts with [`SECTION`] by `section`, or appends it.
 fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    write_named_section(path, SECTION, section)
+}
+
+/// Replaces the section of `path` that starts with the heading `heading` (up to the next `## `
+/// heading) by `section`, or appends it; creates the file when there is none.
+pub(crate) fn write_named_section(path: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(old) => old,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let new = match old.find(SECTION) {
+    let new = match old.find(heading) {
         Some(start) => {
-            let after = start + SECTION.len();
+            let after = start + heading.len();
             let end = old[after..]
                 .find("\n## ")
                 .map_or(old.len(), |i| after + i + 1);

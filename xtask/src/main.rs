@@ -1,6 +1,8 @@
 //! `cargo xtask …`: everything a newcomer or CI runs, from a fresh machine.
 
 mod bench;
+mod bench_flood;
+mod bench_scale;
 mod demo;
 mod install;
 mod setup;
@@ -41,12 +43,17 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         destdir: Option<PathBuf>,
     },
-    /// Per-packet cost of the XDP program against a bare XDP_DROP, through BPF_PROG_TEST_RUN;
-    /// prints a table and writes it to BENCHMARKS.md (needs root).
+    /// Benchmarks, written to BENCHMARKS.md with a chart (bench-flood.png): the per-packet cost
+    /// of the XDP program against a bare XDP_DROP (BPF_PROG_TEST_RUN); flood throughput on a veth
+    /// pair next to a bare XDP_DROP, nftables and iptables hashlimit; management with 1M keys
+    /// next to bpftool. Installs nftables, iptables, perf and bpftool when missing (needs root).
     Bench {
-        /// Fewer rounds and repeats, 100k resident keys instead of 1M (well under two minutes).
+        /// A short run of every part (under two minutes).
         #[arg(long)]
         quick: bool,
+        /// Only this part (its section of BENCHMARKS.md is rewritten, the others kept).
+        #[arg(long, value_enum)]
+        only: Option<bench_flood::Part>,
     },
 }
 
@@ -72,10 +79,11 @@ fn main() -> anyhow::Result<()> {
             let bin = build_release()?;
             demo::run(&bin)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup::ensure()?;
+            setup::ensure_bench_tools()?;
             build_release()?;
-            bench::run(quick)
+            bench_flood::run_all(quick, only)
         }
         Task::Install { destdir } => {
             setup::ensure()?;

@@ -129,6 +129,47 @@ fn missing() -> anyhow::Result<Vec<Missing>> {
     Ok(missing)
 }
 
+/// Debian packages `cargo xtask bench` runs besides the build's: the peers of the flood
+/// benchmark (nftables, iptables), perf for its profile, bpftool for the management benchmark,
+/// and a font for the chart's text.
+const BENCH_PACKAGES: &[&str] = &[
+    "nftables",
+    "iptables",
+    "linux-perf",
+    "bpftool",
+    "fonts-dejavu-core",
+];
+
+/// Installs what `cargo xtask bench` needs besides the build, when missing.
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = BENCH_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !Path::new("/etc/debian_version").exists() || !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the benchmark needs these Debian packages, missing here: {}\ninstall them (as root \
+             on Debian, `apt-get install {}`) and run it again",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("bench: installing {}", missing.join(" "));
+    crate::run(Command::new("apt-get").args(["update", "-q"]))
+        .context("apt-get update, before installing the benchmark's packages")?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing {} for the benchmark", missing.join(" ")))
+}
+
 fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
