@@ -9,4 +9,6 @@ pub mod bucket;
 pub mod maps;
 
 #[cfg(feature = "user")]
+pub mod batch;
+#[cfg(feature = "user")]
 pub mod key;

@@ -777,57 +777,18 @@ impl Drop for PinDirGuard {
     }
 }
 
-/// `union bpf_attr`'s member for the `BPF_MAP_*_BATCH` commands.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// `BPF_MAP_UPDATE_BATCH` (kernel 5.6) of `keys` → `values`, `BPF_ANY`.
+/// `BPF_MAP_UPDATE_BATCH` of `keys` → `values` (see `limiter_common::batch`).
 pub(crate) fn update_batch(
     fd: i32,
     keys: &[BucketKey],
     values: &[BucketState],
 ) -> anyhow::Result<()> {
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    assert_eq!(keys.len(), values.len());
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(keys.len())?,
-        map_fd: u32::try_from(fd)?,
-        ..BatchAttr::default()
-    };
-    // SAFETY: attr points at a batch attribute of the right size; keys and values are arrays of
-    // `count` elements of the map's key and value types, alive for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if ret != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
-            "BPF_MAP_UPDATE_BATCH: {err} ({} of {} keys written)",
-            attr.count,
-            keys.len()
-        );
-    }
+    let written =
+        limiter_common::batch::update_buckets(fd, keys, values).context("BPF_MAP_UPDATE_BATCH")?;
     ensure!(
-        attr.count as usize == keys.len(),
-        "the kernel wrote only {} keys",
-        attr.count
+        written == keys.len(),
+        "the kernel wrote only {written} of {} keys",
+        keys.len()
     );
     Ok(())
 }

@@ -273,7 +273,7 @@ impl Datapath {
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
         let fd = self.buckets.map().fd().as_fd().as_raw_fd();
-        super::batch::for_each_bucket(fd, visit).context("reading the BUCKETS map")
+        limiter_common::batch::for_each_bucket(fd, visit).context("reading the BUCKETS map")
     }
 
     /// The name and limit of the rule with `rule_id`.

@@ -2,7 +2,6 @@
 //! API, and leaves the program attached with its state pinned when it exits.
 
 mod attach;
-mod batch;
 mod bpffs;
 pub mod config;
 mod datapath;

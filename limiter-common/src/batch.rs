@@ -1,9 +1,10 @@
 //! Reading the whole bucket map in batches (`BPF_MAP_LOOKUP_BATCH`): thousands of entries per
 //! system call instead of two per entry (`get_next_key` + `lookup`, as aya's iterator and
 //! `bpftool map dump` do), which is what keeps `list`, `status` and metrics fast with a million
-//! tracked keys. aya 0.14 has no batch API, so the call is made here.
+//! tracked keys. aya 0.14 has no batch API, so the calls are made here, for the agent and the
+//! benchmarks alike.
 
-use limiter_common::maps::{BucketKey, BucketState};
+use crate::maps::{BucketKey, BucketState};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -84,4 +85,38 @@ pub fn for_each_bucket(
         token_in = token_out;
         first = false;
     }
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (kernel 5.6) of `keys` → `values` into the hash map `map_fd`: how many
+/// the kernel wrote (all of them unless it fails part-way, which is an error).
+pub fn update_buckets(
+    map_fd: RawFd,
+    keys: &[BucketKey],
+    values: &[BucketState],
+) -> io::Result<usize> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let count =
+        u32::try_from(keys.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: map_fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: keys and values are arrays of `count` elements of the map's key and value types,
+    // alive for the call; the kernel only reads them (and writes `attr.count`).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.count as usize)
 }
