@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 /// fresh /sys). Shared by every agent the tests start; each gets a directory of its own.
 pub const TEST_BPFFS: &str = "/run/limiter-tests/bpffs";
 
+/// Whether `path` is on a BPF filesystem (`BPF_FS_MAGIC`).
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as u32 == 0xcafe_4a11)
+}
+
 /// Mounts a bpffs at `dir` unless one is there already.
 pub fn ensure_bpffs(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let mounted =
-        nix::sys::statfs::statfs(dir).is_ok_and(|fs| fs.filesystem_type().0 as u32 == 0xcafe_4a11);
-    if !mounted {
+    if !is_bpffs(dir) {
         nix::mount::mount(
             Some("bpf"),
             dir,

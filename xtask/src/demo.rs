@@ -2,7 +2,7 @@
 //! scaled down, a polite client and three flooding ones, then what was limited and a reset.
 
 use anyhow::bail;
-use limiter_tests::agent::{Agent, TEST_BPFFS};
+use limiter_tests::agent::{is_bpffs, Agent, TEST_BPFFS};
 use limiter_tests::netns::TestNet;
 use limiter_tests::traffic::{BackgroundFlood, Client, Receiver};
 use std::net::IpAddr;
@@ -55,10 +55,6 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir(TEST_BPFFS);
     }
     result
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as u32 == 0xcafe_4a11)
 }
 
 fn demo() -> anyhow::Result<()> {

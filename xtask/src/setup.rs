@@ -86,13 +86,16 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What building and testing need from Debian.
 fn debian_packages(llvm: u32) -> Vec<String> {
     vec![
         format!("llvm-{llvm}-dev"),
         format!("libpolly-{llvm}-dev"),
         "libzstd-dev".into(),
         "zlib1g-dev".into(),
+        // The tests: namespaces and veth (ip), `limiter top` driven in a terminal (tmux).
         "iproute2".into(),
+        "tmux".into(),
     ]
 }
 

@@ -323,10 +323,7 @@ impl Config {
 
     /// The rule with the longest CIDR containing `prefix`, if any.
     pub fn rule_for(&self, prefix: &Prefix) -> Option<ResolvedRule> {
-        self.resolved_rules()
-            .into_iter()
-            .filter(|r| r.cidr.contains(prefix))
-            .max_by_key(|r| r.cidr.prefix_len())
+        longest_match(&self.resolved_rules(), prefix)
     }
 
     /// The default limit as the datapath applies it.
@@ -368,6 +365,15 @@ pub fn check_limit(rate: u64, burst: u64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The rule of `rules` with the longest CIDR containing `prefix`: what an LPM trie answers.
+pub fn longest_match(rules: &[ResolvedRule], prefix: &Prefix) -> Option<ResolvedRule> {
+    rules
+        .iter()
+        .filter(|r| r.cidr.contains(prefix))
+        .max_by_key(|r| r.cidr.prefix_len())
+        .cloned()
 }
 
 /// A rule ready for the datapath: its stable id, action and limit.

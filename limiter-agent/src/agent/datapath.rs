@@ -1,6 +1,6 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
-use super::config::{Action, Config, ResolvedRule};
+use super::config::{longest_match, Action, Config, ResolvedRule};
 use crate::api::{KeyInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
@@ -196,15 +196,8 @@ impl Datapath {
     /// The rule the datapath applies to sources in `prefix`: the longest-prefix override, else
     /// the longest-prefix rule, else `[limits]` (id 0) — the same order as the XDP program.
     pub fn rule_in_force(&self, prefix: &Prefix) -> ResolvedRule {
-        let longest = |rules: &[ResolvedRule]| {
-            rules
-                .iter()
-                .filter(|r| r.cidr.contains(prefix))
-                .max_by_key(|r| r.cidr.prefix_len())
-                .cloned()
-        };
-        longest(&self.override_rules)
-            .or_else(|| longest(&self.config().resolved_rules()))
+        longest_match(&self.override_rules, prefix)
+            .or_else(|| self.config().rule_for(prefix))
             .unwrap_or_else(|| ResolvedRule {
                 id: DEFAULT_RULE_ID,
                 name: "default".to_owned(),
@@ -222,47 +215,14 @@ impl Datapath {
             .expect("a configuration is applied before the datapath is shared")
     }
 
-    /// Sums of the per-CPU counters: over every interface (`None`) or for one interface slot.
-    pub fn totals(&self, slot: Option<u32>) -> anyhow::Result<Totals> {
+    /// Every counter of every interface, summed over the CPUs: one walk of the COUNTERS map.
+    pub fn counter_sums(&self) -> anyhow::Result<CounterSums> {
         let mut sums = vec![0u64; COUNTER_ENTRIES as usize];
         for (index, values) in self.counters.iter().enumerate() {
             let values = values.context("reading the COUNTERS map")?;
             sums[index] = values.iter().copied().fold(0u64, u64::wrapping_add);
         }
-        let slots = match slot {
-            Some(slot) => slot..slot + 1,
-            None => 0..MAX_INTERFACES,
-        };
-        let sum = |counter: Counter| -> u64 {
-            slots
-                .clone()
-                .map(|slot| sums[counter_index(slot, counter) as usize])
-                .fold(0u64, u64::wrapping_add)
-        };
-        Ok(Totals {
-            passed: sum(Counter::Passed),
-            dropped: sum(Counter::Dropped),
-            would_drop: sum(Counter::WouldDrop),
-            allowed_by_rule: sum(Counter::AllowedByRule),
-            denied_by_rule: sum(Counter::DeniedByRule),
-            not_limited: sum(Counter::NotLimited),
-            unparsed: sum(Counter::Unparsed),
-            insert_failed: sum(Counter::InsertFailed),
-            keys_created: sum(Counter::KeysCreated),
-            contention_drops: sum(Counter::ContentionDrops),
-        })
-    }
-
-    /// Every tracked key, as the API shows it, evaluated at one instant.
-    pub fn keys(&self) -> anyhow::Result<Vec<(BucketKey, KeyInfo)>> {
-        let now = monotonic_now_ns();
-        let mut keys = Vec::new();
-        self.for_each_bucket(|key, state| {
-            if let Some(info) = self.describe(key, state, now) {
-                keys.push((*key, info));
-            }
-        })?;
-        Ok(keys)
+        Ok(CounterSums(sums))
     }
 
     /// Calls `visit` for every tracked key, reading the map in batches.
@@ -349,10 +309,6 @@ impl Datapath {
         })
     }
 
-    fn describe(&self, key: &BucketKey, state: &BucketState, now: u64) -> Option<KeyInfo> {
-        describe(key, state, now, &self.limits)
-    }
-
     /// Gives `key` a full bucket; false when it is not tracked (any more).
     pub fn reset(&self, key: &BucketKey) -> anyhow::Result<bool> {
         let program: &Xdp = self
@@ -381,6 +337,37 @@ pub fn monotonic_now_ns() -> u64 {
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
+/// The COUNTERS map summed over the CPUs, by `counter_index`.
+pub struct CounterSums(Vec<u64>);
+
+impl CounterSums {
+    /// The counters of every interface (`None`) or of one interface slot.
+    pub fn totals(&self, slot: Option<u32>) -> Totals {
+        let slots = match slot {
+            Some(slot) => slot..slot + 1,
+            None => 0..MAX_INTERFACES,
+        };
+        let sum = |counter: Counter| -> u64 {
+            slots
+                .clone()
+                .map(|slot| self.0[counter_index(slot, counter) as usize])
+                .fold(0u64, u64::wrapping_add)
+        };
+        Totals {
+            passed: sum(Counter::Passed),
+            dropped: sum(Counter::Dropped),
+            would_drop: sum(Counter::WouldDrop),
+            allowed_by_rule: sum(Counter::AllowedByRule),
+            denied_by_rule: sum(Counter::DeniedByRule),
+            not_limited: sum(Counter::NotLimited),
+            unparsed: sum(Counter::Unparsed),
+            insert_failed: sum(Counter::InsertFailed),
+            keys_created: sum(Counter::KeysCreated),
+            contention_drops: sum(Counter::ContentionDrops),
+        }
+    }
+}
+
 /// The answer to a list query: raw entries, described one at a time as they are written out.
 pub struct KeyList {
     entries: Vec<(BucketKey, BucketState)>,
@@ -390,9 +377,18 @@ pub struct KeyList {
 
 impl KeyList {
     pub fn infos(&self) -> impl Iterator<Item = KeyInfo> + '_ {
+        self.described().map(|(_, info)| info)
+    }
+
+    /// Each key with its description.
+    pub fn described(&self) -> impl Iterator<Item = (&BucketKey, KeyInfo)> + '_ {
         self.entries
             .iter()
-            .filter_map(|(key, state)| describe(key, state, self.now, &self.limits))
+            .filter_map(|(key, state)| Some((key, describe(key, state, self.now, &self.limits)?)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &BucketKey> + '_ {
+        self.entries.iter().map(|(key, _)| key)
     }
 }
 

@@ -118,10 +118,11 @@ impl MapCollector {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Buckets first, counters after: `keys_created` then counts every key walked.
         let (tracked, exhausted) = datapath.key_counts()?;
+        let sums = datapath.counter_sums()?;
         let per_interface = (0..self.state.interfaces.len() as u32)
-            .map(|slot| datapath.totals(Some(slot)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let all = datapath.totals(None)?;
+            .map(|slot| sums.totals(Some(slot)))
+            .collect();
+        let all = sums.totals(None);
         Ok(Snapshot {
             per_interface,
             all,

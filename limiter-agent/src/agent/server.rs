@@ -81,7 +81,7 @@ async fn with_datapath<T: Send + 'static>(
 
 async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
     with_datapath(&state, |datapath, state| {
-        let totals = datapath.totals(None)?;
+        let totals = datapath.counter_sums()?.totals(None);
         let (tracked, exhausted) = datapath.key_counts()?;
         let config = datapath.config();
         let limits = &config.limits;
@@ -166,11 +166,8 @@ async fn inspect(
 ) -> Result<Json<KeyInfo>, Failure> {
     let wanted = parse_key(&query.key)?;
     with_datapath(&state, move |datapath, _| {
-        let overlapping: Vec<_> = datapath
-            .keys()?
-            .into_iter()
-            .filter(|(key, _)| Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(&wanted)))
-            .collect();
+        let selected = datapath.select(false, None, None, Some(&wanted))?;
+        let overlapping: Vec<_> = selected.described().collect();
         // A source keeps the bucket of a rule that no longer applies to it (after a reload or
         // an override) until the LRU map evicts it: show the bucket in force.
         let in_force: Vec<_> = overlapping
@@ -186,8 +183,8 @@ async fn inspect(
         match matches.len() {
             0 => Err(Failure(
                 StatusCode::NOT_FOUND,
-                match datapath.config().rule_for(&wanted) {
-                    Some(rule) if rule.action != Action::Limit => format!(
+                match datapath.rule_in_force(&wanted) {
+                    rule if rule.action != Action::Limit => format!(
                         "{wanted} is not tracked: rule '{}' ({}) {} it without a bucket",
                         rule.name,
                         rule.cidr,
@@ -231,14 +228,13 @@ async fn reset(
         .map(|k| parse_key(k))
         .collect::<Result<Vec<_>, _>>()?;
     with_datapath(&state, move |datapath, state| {
-        let keys = datapath.keys()?;
+        // One walk of the map on raw entries; with `exhausted` only exhausted keys come back.
+        let candidates = datapath.select(request.exhausted, None, None, None)?;
         let mut reset = 0;
         let mut selected = vec![false; wanted.len()];
-        for (key, info) in &keys {
-            let chosen = if request.all {
+        for key in candidates.keys() {
+            let chosen = if request.all || request.exhausted {
                 true
-            } else if request.exhausted {
-                info.exhausted
             } else {
                 let prefix = Prefix::from_bucket_key(key);
                 let mut hit = false;
