@@ -41,6 +41,10 @@ pub const EVENTS_PER_SEC_PER_CPU: u64 = 4096;
 /// Exhaustion events one CPU may emit back to back.
 pub const EVENT_BURST_PER_CPU: u64 = 1024;
 
+/// Array with one `u64`: the GCRA theoretical arrival time of the allowance for new keys
+/// (`[agent] new_keys_per_sec`), one for all CPUs and interfaces.
+pub const NEW_KEYS_MAP: &str = "NEW_KEYS";
+
 /// Name of the XDP program attached to interfaces.
 pub const LIMITER_PROG: &str = "limiter";
 /// Name of the XDP program the agent runs through `BPF_PROG_TEST_RUN` to reset one key. Running
@@ -158,6 +162,9 @@ pub const CONFIG_HAS_RULES_V6: u32 = 4;
 /// `DatapathConfig::flags`: the IPv4 / IPv6 override tries are not empty.
 pub const CONFIG_HAS_OVERRIDES_V4: u32 = 8;
 pub const CONFIG_HAS_OVERRIDES_V6: u32 = 16;
+/// `DatapathConfig::flags`: keys are created at most at `new_key_limit`; the first packet of a
+/// key beyond it is refused ([`Counter::NewKeysRefused`]) and no key is created for it.
+pub const CONFIG_LIMIT_NEW_KEYS: u32 = 32;
 
 /// What the agent tells the datapath; index 0 of [`CONFIG_MAP`].
 #[repr(C)]
@@ -165,6 +172,8 @@ pub const CONFIG_HAS_OVERRIDES_V6: u32 = 16;
 pub struct DatapathConfig {
     /// The `[limits]` every source without a rule gets.
     pub default_limit: Limit,
+    /// How fast keys may be created, for all sources together, with `CONFIG_LIMIT_NEW_KEYS`.
+    pub new_key_limit: Limit,
     /// Sources are grouped into keys by these prefix lengths.
     pub ipv4_prefix: u32,
     pub ipv6_prefix: u32,
@@ -204,10 +213,13 @@ pub enum Counter {
     EventsSuppressed = 11,
     /// Exhaustion events lost: the ring buffer was full (the agent is not reading it fast enough).
     EventsLost = 12,
+    /// First packets of new keys refused, over `[agent] new_keys_per_sec`: dropped (or passed in
+    /// dry run, and counted as would-drop), and no key created for them.
+    NewKeysRefused = 13,
 }
 
 /// Counters per interface.
-pub const COUNTER_SLOTS: u32 = 13;
+pub const COUNTER_SLOTS: u32 = 14;
 
 /// Interfaces one agent attaches to at most; each has its own set of counters.
 pub const MAX_INTERFACES: u32 = 16;
@@ -259,7 +271,7 @@ mod tests {
         assert_eq!(size_of::<BucketKey>(), 1 + 1 + 2 + 4 + 16);
         assert_eq!(size_of::<BucketState>(), 8 * 5);
         assert_eq!(size_of::<RuleEntry>(), 4 * 4 + 16);
-        assert_eq!(size_of::<DatapathConfig>(), 16 + 4 * 4);
+        assert_eq!(size_of::<DatapathConfig>(), 16 + 16 + 4 * 4);
         assert_eq!(
             size_of::<ExhaustionEvent>(),
             size_of::<BucketKey>() + 8 + 4 + 4

@@ -29,12 +29,13 @@ use limiter_common::{
         counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent, RuleEntry,
         ACTION_ALLOW, ACTION_DENY, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN,
         CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6,
-        DEFAULT_RULE_ID, EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU, EVENT_DRY_RUN, FAMILY_IPV4,
-        FAMILY_IPV6, RULE_SHARED,
+        CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID, EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU,
+        EVENT_DRY_RUN, FAMILY_IPV4, FAMILY_IPV6, RULE_SHARED,
     },
 };
 use maps::{
-    BUCKETS, CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, OVERRIDES_V4, OVERRIDES_V6, RULES_V4, RULES_V6,
+    BUCKETS, CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, NEW_KEYS, OVERRIDES_V4, OVERRIDES_V6,
+    RULES_V4, RULES_V6,
 };
 use parse::{Parsed, Source};
 
@@ -99,7 +100,7 @@ pub fn limiter(ctx: XdpContext) -> u32 {
             (source_key(&source, config, rule.id, shared), rule.limit)
         }
     };
-    charge_key(&ctx, &key, &limit, dry_run)
+    charge_key(&ctx, config, &key, &limit, dry_run)
 }
 
 /// Gives one tracked key a full bucket. Run by the agent through `BPF_PROG_TEST_RUN` with the
@@ -130,7 +131,7 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
 fn find_rule(source: &Source, config: &DatapathConfig) -> Option<RuleEntry> {
     match source {
         Source::V4(addr) => {
-            let key = LpmKey::new(32, *addr);
+            let key = LpmKey::new(32, addr.to_ne_bytes());
             if config.flags & CONFIG_HAS_OVERRIDES_V4 != 0 {
                 if let Some(rule) = OVERRIDES_V4.get(&key) {
                     return Some(*rule);
@@ -142,7 +143,7 @@ fn find_rule(source: &Source, config: &DatapathConfig) -> Option<RuleEntry> {
             None
         }
         Source::V6(addr) => {
-            let key = LpmKey::new(128, *addr);
+            let key = LpmKey::new(128, words_to_bytes(*addr));
             if config.flags & CONFIG_HAS_OVERRIDES_V6 != 0 {
                 if let Some(rule) = OVERRIDES_V6.get(&key) {
                     return Some(*rule);
@@ -165,48 +166,68 @@ fn source_key(
     rule_id: u32,
     shared: Option<u32>,
 ) -> BucketKey {
-    let mut addr = [0u8; 16];
-    let (family, width, prefix) = match source {
-        Source::V4(a) => {
-            addr[..4].copy_from_slice(a);
-            (FAMILY_IPV4, 32, config.ipv4_prefix)
-        }
-        Source::V6(a) => {
-            addr.copy_from_slice(a);
-            (FAMILY_IPV6, 128, config.ipv6_prefix)
-        }
+    let (family, width, prefix, mut addr) = match source {
+        Source::V4(a) => (FAMILY_IPV4, 32, config.ipv4_prefix, [*a, 0, 0, 0]),
+        Source::V6(a) => (FAMILY_IPV6, 128, config.ipv6_prefix, *a),
     };
     let prefix = match shared {
         Some(len) => len,
         None => prefix,
     };
     let prefix = if prefix > width { width } else { prefix };
-    // Clear the bits past `prefix`, a byte at a time.
-    for (i, byte) in addr.iter_mut().enumerate() {
-        let start = (i as u32) * 8;
-        if start >= prefix {
-            *byte = 0;
-        } else if prefix - start < 8 {
-            *byte &= 0xffu8 << (8 - (prefix - start));
-        }
+    // Clear the bits past `prefix`, a word at a time.
+    for (i, word) in addr.iter_mut().enumerate() {
+        *word &= prefix_mask(prefix, i as u32 * 32);
     }
     BucketKey {
         family,
         prefix_len: prefix as u8,
         _pad: 0,
         rule_id,
-        addr,
+        addr: words_to_bytes(addr),
     }
+}
+
+/// The mask, in network byte order, of the bits of `prefix` that fall in the 32-bit word starting
+/// at bit `start` of an address.
+#[inline(always)]
+fn prefix_mask(prefix: u32, start: u32) -> u32 {
+    if prefix <= start {
+        0
+    } else if prefix - start >= 32 {
+        u32::MAX
+    } else {
+        (u32::MAX << (32 - (prefix - start))).to_be()
+    }
+}
+
+#[inline(always)]
+fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, and every bit pattern is a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// Charges one packet to `key`'s bucket, creating the bucket on the key's first packet.
 #[inline(always)]
-fn charge_key(ctx: &XdpContext, key: &BucketKey, limit: &Limit, dry_run: bool) -> u32 {
+fn charge_key(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    key: &BucketKey,
+    limit: &Limit,
+    dry_run: bool,
+) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(state) = BUCKETS.get_ptr_mut(key) {
         return charge(ctx, key, state, now, limit, dry_run);
     }
-    // First packet of this key: a full bucket, less this packet.
+    // First packet of this key. Over `[agent] new_keys_per_sec` it is refused and no key is
+    // created: a flood from ever new (spoofed) sources then neither passes on fresh buckets nor
+    // evicts the tracked keys of the clients already there.
+    if config.flags & CONFIG_LIMIT_NEW_KEYS != 0 && !new_key_allowed(now, &config.new_key_limit) {
+        count(Counter::NewKeysRefused);
+        return verdict(false, dry_run);
+    }
+    // A full bucket, less this packet.
     let first = admit(FULL_BUCKET_TAT, now, limit);
     let over = first.is_none();
     let fresh = BucketState {
@@ -233,6 +254,16 @@ fn charge_key(ctx: &XdpContext, key: &BucketKey, limit: &Limit, dry_run: bool) -
     }
 }
 
+/// Takes one key creation from the allowance shared by all CPUs. Only an allowed creation
+/// writes (a compare-and-swap); a refusal only reads.
+#[inline(always)]
+fn new_key_allowed(now: u64, limit: &Limit) -> bool {
+    match NEW_KEYS.get_ptr_mut(0) {
+        Some(tat) => matches!(take(tat, now, limit), Taken::Passed(_)),
+        None => true,
+    }
+}
+
 /// The bucket could not be created (the LRU map could not free an entry). The packet passes:
 /// a limiter that cannot track a key must not black-hole it. Counted, so it shows in metrics.
 #[inline(always)]
@@ -241,8 +272,7 @@ fn insert_failed() -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Charges one packet to an existing bucket: a compare-and-swap of its TAT, retried a bounded
-/// number of times when another CPU updated it first.
+/// Charges one packet to an existing bucket.
 #[inline(always)]
 fn charge(
     ctx: &XdpContext,
@@ -252,52 +282,35 @@ fn charge(
     limit: &Limit,
     dry_run: bool,
 ) -> u32 {
-    let tat = unsafe { addr_of_mut!((*state).tat_ns) };
-    let mut current = unsafe { read_volatile(tat) };
-    let mut passed = false;
-    let mut over_limit = false;
-    for _ in 0..CAS_ATTEMPTS {
-        let Some(next) = admit(current, now, limit) else {
-            over_limit = true;
-            break;
-        };
-        let (seen, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                tat, current, next,
-            )
-        };
-        if swapped {
-            passed = true;
-            current = next;
-            break;
-        }
-        current = seen;
-    }
+    let taken = take(unsafe { addr_of_mut!((*state).tat_ns) }, now, limit);
+    let passed = matches!(taken, Taken::Passed(_));
     // The exhaustion flag: one load of the value already at hand on the common paths (a pass,
     // a drop of a key already reported); a write only when the key changes state.
     let notified =
         unsafe { read_volatile(addr_of_mut!((*state).flags)) } & BUCKET_EXHAUSTED_NOTIFIED != 0;
-    if passed {
+    match taken {
         // Cleared only once the key has a packet to spare after this one: a key held at its
         // rate passes a packet now and then and is still exhausted — no new event for it.
-        if notified && admit(current, now, limit).is_some() {
-            clear_notified(state);
-        }
-    } else if over_limit {
-        if !notified {
-            let before = unsafe {
-                atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
-                    addr_of_mut!((*state).flags),
-                    BUCKET_EXHAUSTED_NOTIFIED,
-                )
-            };
-            // Of the CPUs that found it clear at once, only the one that set it reports.
-            if before & BUCKET_EXHAUSTED_NOTIFIED == 0 {
-                exhausted(ctx, key, now, dry_run);
+        Taken::Passed(tat) => {
+            if notified && admit(tat, now, limit).is_some() {
+                clear_notified(state);
             }
         }
-    } else {
-        count(Counter::ContentionDrops);
+        Taken::OverLimit => {
+            if !notified {
+                let before = unsafe {
+                    atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
+                        addr_of_mut!((*state).flags),
+                        BUCKET_EXHAUSTED_NOTIFIED,
+                    )
+                };
+                // Of the CPUs that found it clear at once, only the one that set it reports.
+                if before & BUCKET_EXHAUSTED_NOTIFIED == 0 {
+                    exhausted(ctx, key, now, dry_run);
+                }
+            }
+        }
+        Taken::Contended => count(Counter::ContentionDrops),
     }
     let counter = if passed {
         unsafe { addr_of_mut!((*state).passed) }
@@ -308,6 +321,38 @@ fn charge(
     };
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) };
     verdict(passed, dry_run)
+}
+
+/// What [`take`] did with one packet.
+enum Taken {
+    /// Admitted: the GCRA TAT is now this.
+    Passed(u64),
+    /// Over the limit: nothing written.
+    OverLimit,
+    /// Every compare-and-swap lost to another CPU.
+    Contended,
+}
+
+/// Takes one packet from the GCRA at `tat`: a compare-and-swap of the TAT, retried a bounded
+/// number of times when another CPU updated it first.
+#[inline(always)]
+fn take(tat: *mut u64, now: u64, limit: &Limit) -> Taken {
+    let mut current = unsafe { read_volatile(tat) };
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(next) = admit(current, now, limit) else {
+            return Taken::OverLimit;
+        };
+        let (seen, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, current, next,
+            )
+        };
+        if swapped {
+            return Taken::Passed(next);
+        }
+        current = seen;
+    }
+    Taken::Contended
 }
 
 #[inline(always)]

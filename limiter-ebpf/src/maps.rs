@@ -37,6 +37,12 @@ pub static OVERRIDES_V6: LpmTrie<[u8; 16], RuleEntry> = LpmTrie::pinned(MAX_RULE
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+/// The allowance for new keys (`[agent] new_keys_per_sec`): its GCRA TAT at index 0, one for
+/// every CPU and interface (pinned like the buckets). Written only when a key is created, so the
+/// flood of refused new keys it exists for only reads it.
+#[map]
+pub static NEW_KEYS: Array<u64> = Array::pinned(1, 0);
+
 /// Each CPU's bound on the events it emits (index 0). Pinned, so one budget per CPU whatever
 /// the number of interfaces.
 #[map]

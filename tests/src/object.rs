@@ -104,6 +104,7 @@ impl XdpObject {
                 0,
                 DatapathConfig {
                     default_limit: Limit::new(rate, burst),
+                    new_key_limit: Limit::new(1, 1),
                     ipv4_prefix: 32,
                     ipv6_prefix: 64,
                     flags: 0,

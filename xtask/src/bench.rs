@@ -677,6 +677,7 @@ impl Limiter {
             0,
             DatapathConfig {
                 default_limit: Limit::new(RATE, BURST),
+                new_key_limit: Limit::new(1, 1),
                 ipv4_prefix: 32,
                 ipv6_prefix: 128,
                 flags: 0,
