@@ -57,6 +57,10 @@ pub struct Status {
     pub evicted_keys: u64,
     /// Packets dropped because their bucket's update lost to other CPUs every retry.
     pub contention_drops: u64,
+    /// First packets of new keys refused over `[agent] new_keys_per_sec`: dropped (counted in
+    /// `dropped`, or in `would_drop` in dry run) and no key created.
+    #[serde(default)]
+    pub new_keys_refused: u64,
     pub rules: usize,
     pub config: ConfigInfo,
 }
@@ -71,6 +75,9 @@ pub struct ConfigInfo {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
     pub max_keys: u32,
+    /// `[agent] new_keys_per_sec`: keys created per second at most; `null`: no bound.
+    #[serde(default)]
+    pub new_keys_per_sec: Option<u64>,
     pub pin_path: String,
 }
 

@@ -5,7 +5,7 @@ use limiter_common::bucket::Limit;
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
     DatapathConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, CONFIG_DRY_RUN, CONFIG_HAS_RULES_V4,
-    CONFIG_HAS_RULES_V6, DEFAULT_RULE_ID,
+    CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use std::num::NonZeroU64;
@@ -88,6 +88,16 @@ pub struct AgentSection {
     /// Keys tracked at once; the least recently used are evicted beyond it.
     #[serde(default = "default_max_keys", deserialize_with = "max_keys")]
     pub max_keys: u32,
+    /// Keys created per second at most, all sources together (and as many at once); absent:
+    /// no bound. Beyond it the first packet of a new key is dropped and no key is created, so
+    /// a flood from ever new (spoofed) sources neither passes on fresh buckets nor evicts the
+    /// clients already tracked.
+    #[serde(
+        default,
+        deserialize_with = "new_keys_per_sec",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub new_keys_per_sec: Option<NonZeroU64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -128,6 +138,7 @@ impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
             max_keys: default_max_keys(),
+            new_keys_per_sec: None,
         }
     }
 }
@@ -159,6 +170,22 @@ fn max_keys<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             serde::de::Error::custom(format!(
                 "max_keys must be between 1 and {}, not {value}",
                 u32::MAX
+            ))
+        })
+}
+
+/// Present: a whole number of keys per second, at least 1 (to have no bound, leave it out).
+fn new_keys_per_sec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NonZeroU64>, D::Error> {
+    let value = toml::Value::deserialize(d)?;
+    value
+        .as_integer()
+        .and_then(|n| u64::try_from(n).ok())
+        .and_then(NonZeroU64::new)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "new_keys_per_sec must be a whole number of keys per second, at least 1 (leave \
+                 it out for no bound), not {value}"
             ))
         })
 }
@@ -344,8 +371,16 @@ impl Config {
         if rules.iter().any(|r| !r.cidr.is_ipv4()) {
             flags |= CONFIG_HAS_RULES_V6;
         }
+        let new_key_limit = match self.agent.new_keys_per_sec {
+            Some(rate) => {
+                flags |= CONFIG_LIMIT_NEW_KEYS;
+                Limit::new(rate.get(), rate.get())
+            }
+            None => Limit::new(1, 1),
+        };
         DatapathConfig {
             default_limit: self.default_limit(),
+            new_key_limit,
             ipv4_prefix: self.limits.ipv4_prefix as u32,
             ipv6_prefix: self.limits.ipv6_prefix as u32,
             flags,
@@ -560,6 +595,48 @@ mod tests {
         );
         let err = invalid("[limits]\nrate = 5\n\n[alerts]\nwebhook = \"127.0.0.1:9000\"\n");
         assert!(err.contains("line 5") && err.contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn new_keys_per_sec_is_opt_in_and_sets_the_flag_and_limit() {
+        let unbounded = Config::parse("[agent]\nmax_keys = 1000\n", "t.toml").unwrap();
+        assert_eq!(unbounded.agent.new_keys_per_sec, None);
+        assert_eq!(unbounded.datapath().flags & CONFIG_LIMIT_NEW_KEYS, 0);
+
+        let config = Config::parse("[agent]\nnew_keys_per_sec = 50\n", "t.toml").unwrap();
+        assert_eq!(config.agent.new_keys_per_sec, NonZeroU64::new(50));
+        let datapath = config.datapath();
+        assert_ne!(datapath.flags & CONFIG_LIMIT_NEW_KEYS, 0);
+        assert_eq!(datapath.new_key_limit, Limit::new(50, 50));
+        assert_eq!(
+            (
+                datapath.new_key_limit.rate(),
+                datapath.new_key_limit.burst()
+            ),
+            (50, 50)
+        );
+        // The other flags and limits are unchanged by it.
+        assert_eq!(datapath.default_limit, unbounded.datapath().default_limit);
+        assert_eq!(
+            datapath.flags & !CONFIG_LIMIT_NEW_KEYS,
+            unbounded.datapath().flags
+        );
+    }
+
+    #[test]
+    fn a_new_keys_per_sec_that_is_not_a_positive_whole_number_is_refused_with_its_line() {
+        for value in ["0", "-5", "2.5", "\"50\"", "true"] {
+            let err = invalid(&format!(
+                "[limits]\nrate = 10\n\n[agent]\nnew_keys_per_sec = {value}\n"
+            ));
+            assert!(
+                err.contains("test.toml")
+                    && err.contains("line 5")
+                    && err.contains("new_keys_per_sec must be a whole number")
+                    && err.contains("at least 1"),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]

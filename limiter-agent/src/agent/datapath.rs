@@ -114,6 +114,7 @@ pub struct Totals {
     pub insert_failed: u64,
     pub keys_created: u64,
     pub contention_drops: u64,
+    pub new_keys_refused: u64,
 }
 
 impl Datapath {
@@ -364,6 +365,7 @@ impl CounterSums {
             insert_failed: sum(Counter::InsertFailed),
             keys_created: sum(Counter::KeysCreated),
             contention_drops: sum(Counter::ContentionDrops),
+            new_keys_refused: sum(Counter::NewKeysRefused),
         }
     }
 }

@@ -198,6 +198,13 @@ impl Collector for MapCollector {
             "Packets dropped because their bucket's update lost to other CPUs on every retry.",
             |t| t.contention_drops,
         )?;
+        per_interface(
+            &mut encoder,
+            "limiter_new_keys_refused",
+            "First packets of new keys refused over [agent] new_keys_per_sec: dropped (or passed \
+             by dry run, among would_drop) and no key created.",
+            |t| t.new_keys_refused,
+        )?;
 
         let evicted = snapshot.all.keys_created.saturating_sub(snapshot.tracked);
         let evicted = self

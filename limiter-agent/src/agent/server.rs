@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use limiter_common::key::Prefix;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,7 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
             insert_failed: totals.insert_failed,
             evicted_keys: totals.keys_created.saturating_sub(tracked),
             contention_drops: totals.contention_drops,
+            new_keys_refused: totals.new_keys_refused,
             rules: config.rules.len(),
             config: ConfigInfo {
                 source: state.config_source.to_string(),
@@ -108,6 +110,7 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, Failure> {
                 ipv4_prefix: limits.ipv4_prefix,
                 ipv6_prefix: limits.ipv6_prefix,
                 max_keys: config.agent.max_keys,
+                new_keys_per_sec: config.agent.new_keys_per_sec.map(NonZeroU64::get),
                 pin_path: state.pin_path.display().to_string(),
             },
         }))

@@ -25,6 +25,13 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
             "tracked keys",
             format!("{} of at most {}", status.tracked_keys, c.max_keys),
         ),
+        (
+            "new keys",
+            match c.new_keys_per_sec {
+                Some(rate) => format!("at most {rate}/s"),
+                None => "no bound".to_owned(),
+            },
+        ),
         ("exhausted keys", status.exhausted_keys.to_string()),
         ("rules", status.rules.to_string()),
         ("passed", exact_and_short(status.passed)),
@@ -54,6 +61,13 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
             format!(
                 "{} dropped after losing every retry to other CPUs",
                 status.contention_drops
+            ),
+        ),
+        (
+            "new keys refused",
+            format!(
+                "{} (first packets over new_keys_per_sec; no key created)",
+                status.new_keys_refused
             ),
         ),
         ("pins", c.pin_path.clone()),

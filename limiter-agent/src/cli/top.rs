@@ -698,7 +698,8 @@ impl Screen {
 enum Update {
     Poll {
         generation: u64,
-        result: Result<Poll, String>,
+        /// Boxed: a `Status` is large, the other updates small.
+        result: Box<Result<Poll, String>>,
     },
     Reset {
         key: String,
@@ -732,7 +733,10 @@ fn spawn_poll(
                 Ok(answer) => answer.map_err(request_failed),
                 Err(_) => Err(timed_out()),
             };
-        let _ = updates.send(Update::Poll { generation, result });
+        let _ = updates.send(Update::Poll {
+            generation,
+            result: Box::new(result),
+        });
     });
 }
 
@@ -830,7 +834,7 @@ async fn interactive(args: TopArgs, filter: Option<Prefix>) -> Result<(), Failur
                 Update::Poll { generation, result } => {
                     poller.in_flight = false;
                     if generation == app.generation {
-                        match result {
+                        match *result {
                             Ok(answer) => app.apply(answer),
                             Err(err) => app.model.error = Some(err),
                         }
@@ -1576,6 +1580,7 @@ mod tests {
             insert_failed: 0,
             evicted_keys: 0,
             contention_drops: 0,
+            new_keys_refused: 0,
             rules: 0,
             config: ConfigInfo {
                 source: "/etc/limiter/limiter.toml".to_owned(),
@@ -1584,6 +1589,7 @@ mod tests {
                 ipv4_prefix: 32,
                 ipv6_prefix: 64,
                 max_keys: 1000,
+                new_keys_per_sec: None,
                 pin_path: "/sys/fs/bpf/limiter".to_owned(),
             },
         }
