@@ -58,6 +58,11 @@ impl Prefix {
         }
     }
 
+    /// A single address (/32, /128).
+    pub fn is_host(&self) -> bool {
+        self.prefix_len() == max_len(self.addr())
+    }
+
     pub fn is_ipv4(&self) -> bool {
         self.addr.is_ipv4()
     }

@@ -4,7 +4,7 @@ use super::config::{longest_match, Action, Config, ResolvedRule};
 use crate::api::{KeyInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use limiter_common::bucket::{self, Limit};
@@ -310,6 +310,38 @@ impl Datapath {
         })
     }
 
+    /// The bucket a packet from the single address `source` is charged to now, as a list of
+    /// one (or none, when it is not tracked or its rule gives it no bucket): one map lookup
+    /// instead of a walk of the whole map.
+    pub fn select_in_force(&self, source: &Prefix) -> anyhow::Result<KeyList> {
+        let now = monotonic_now_ns();
+        let rule = self.rule_in_force(source);
+        let mut entries = Vec::new();
+        if rule.action == Action::Limit {
+            let config = self.config();
+            let prefix = if rule.shared {
+                rule.cidr
+            } else {
+                Prefix::key_of_source(
+                    source.addr(),
+                    config.limits.ipv4_prefix,
+                    config.limits.ipv6_prefix,
+                )
+            };
+            let key = prefix.to_bucket_key(rule.id);
+            match self.buckets.get(&key, 0) {
+                Ok(state) => entries.push((key, state)),
+                Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("looking up the BUCKETS map"),
+            }
+        }
+        Ok(KeyList {
+            entries,
+            limits: self.limits.clone(),
+            now,
+        })
+    }
+
     /// Gives `key` a full bucket; false when it is not tracked (any more).
     pub fn reset(&self, key: &BucketKey) -> anyhow::Result<bool> {
         let program: &Xdp = self
@@ -387,6 +419,10 @@ impl KeyList {
         self.entries
             .iter()
             .filter_map(|(key, state)| Some((key, describe(key, state, self.now, &self.limits)?)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &BucketKey> + '_ {

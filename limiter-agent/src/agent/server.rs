@@ -169,7 +169,16 @@ async fn inspect(
 ) -> Result<Json<KeyInfo>, Failure> {
     let wanted = parse_key(&query.key)?;
     with_datapath(&state, move |datapath, _| {
-        let selected = datapath.select(false, None, None, Some(&wanted))?;
+        // An address's bucket in force is found with one lookup; a prefix, or an address whose
+        // bucket is not there (stale buckets of other rules, or none), takes a walk of the map.
+        let mut selected = None;
+        if wanted.is_host() {
+            selected = Some(datapath.select_in_force(&wanted)?).filter(|one| !one.is_empty());
+        }
+        let selected = match selected {
+            Some(one) => one,
+            None => datapath.select(false, None, None, Some(&wanted))?,
+        };
         let overlapping: Vec<_> = selected.described().collect();
         // A source keeps the bucket of a rule that no longer applies to it (after a reload or
         // an override) until the LRU map evicts it: show the bucket in force.
