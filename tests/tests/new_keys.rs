@@ -1,7 +1,8 @@
 //! `[agent] new_keys_per_sec` with real traffic: a flood from thousands of new sources gets at
 //! most the allowance of new keys while a client tracked before it keeps passing everything; what
 //! is refused never reaches the gateway and is counted (status, metrics); a reload with a bad
-//! value changes nothing, and one without the key lifts the bound.
+//! value changes nothing, and one without the key lifts the bound. The agent logs the refused
+//! first packets and, with no bound, warns when the table turns over within 10 s.
 
 use limiter_tests::agent::Agent;
 use limiter_tests::netns::{ip, Netns, TestNet};
@@ -220,6 +221,51 @@ fn sample(metrics: &str, series: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{series} = {:?}: {e}", values[0]))
 }
 
+/// The agent's log without terminal colours.
+fn plain_log(agent: &Agent) -> String {
+    let log = agent.log();
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters… final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The agent's log lines containing `what`, as soon as there is one, or none after `timeout`.
+fn wait_for_log_lines(agent: &Agent, what: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines: Vec<String> = plain_log(agent)
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect();
+        if !lines.is_empty() || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The number written just before `what` in `line` (`… INFO …: 1234 first packets …`).
+fn number_before(line: &str, what: &str) -> u64 {
+    line.split(what)
+        .next()
+        .and_then(|before| before.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {line:?}"))
+}
+
 #[test]
 fn new_keys_are_bounded_under_a_flood_of_new_sources_and_reload_changes_the_bound() {
     let net = TestNet::new(0, 1);
@@ -274,6 +320,20 @@ fn new_keys_are_bounded_under_a_flood_of_new_sources_and_reload_changes_the_boun
         (u64_of(&key, "passed"), u64_of(&key, "dropped")),
         (5 + first.established_sent, 0),
         "the established client lost packets: {key}"
+    );
+    // The agent logs the refused first packets within a second or so (one line per 10 s at
+    // most; the first flood may straddle two of its polls, hence at most all of them).
+    let what = "first packets of new keys refused in the last";
+    let lines = wait_for_log_lines(&agent, what, Duration::from_secs(3));
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no line on refused new keys:\n{}", plain_log(&agent)));
+    let logged = number_before(line, what);
+    assert!(
+        (1..=first.refused).contains(&logged)
+            && line.contains(&format!("(over new_keys_per_sec = {NEW_KEYS_PER_SEC})")),
+        "{} refused, logged: {line}",
+        first.refused
     );
 
     // What reached the gateway: all of the established client's, and exactly the first packets
@@ -358,4 +418,46 @@ fn new_keys_are_bounded_under_a_flood_of_new_sources_and_reload_changes_the_boun
     );
     let received = flood_sources_received(&receiver.finish());
     assert_eq!(received.len(), 300, "datagrams of the unbounded flood");
+}
+
+#[test]
+fn a_table_turning_over_without_a_bound_is_warned_about_once() {
+    const MAX_KEYS: u64 = 256;
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(
+        &net,
+        Some(&format!(
+            "[limits]\nrate = 100000\nburst = 100000\n\n[agent]\nmax_keys = {MAX_KEYS}\n"
+        )),
+    );
+    let what = "keys created in the last 10 s";
+    assert!(!plain_log(&agent).contains(what), "warned before any flood");
+
+    // 2000 new sources, one frame each: the table of 256 keys turns over several times.
+    let sender = RawSender::new(&net.clients, &net.client_if);
+    let gateway = Ipv4Addr::new(198, 18, 0, 1);
+    let sent = (0..2000)
+        .filter(|n| sender.send(&ipv4_udp_frame(flood_source(*n), gateway, PORT)))
+        .count() as u64;
+    assert_eq!(sent, 2000, "flood frames the kernel took");
+
+    let lines = wait_for_log_lines(&agent, what, Duration::from_secs(5));
+    let line = lines.first().unwrap_or_else(|| {
+        panic!(
+            "no warning on the table turning over:\n{}",
+            plain_log(&agent)
+        )
+    });
+    let created = number_before(line, what);
+    assert!(
+        line.contains("WARN")
+            && line.contains(&format!("the {MAX_KEYS} the table holds"))
+            && line.contains("new_keys_per_sec")
+            && (MAX_KEYS..=sent).contains(&created),
+        "{line}"
+    );
+    // The flood stays within the last 10 s, but the warning is not repeated every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = wait_for_log_lines(&agent, what, Duration::ZERO);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
 }

@@ -34,8 +34,9 @@ use limiter_common::maps::{
     EVENT_DRY_RUN,
 };
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,6 +63,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const ATTEMPTS: u32 = 4;
 /// The wait before the first retry; doubled for each further one.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Seconds of key creation compared with `max_keys`: a table turned over within them is warned
+/// about.
+pub const TURNOVER_WINDOW_SECS: usize = 10;
+/// The least time between two warnings of a table turning over.
+pub const TURNOVER_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+/// The least time between two lines on refused new keys.
+pub const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A `[alerts] webhook` URL: `http://HOST[:PORT][/PATH]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +235,13 @@ impl Events {
             unlogged: 0,
             queue_full: 0,
             kernel_seen: None,
+            max_keys: 0,
+            new_keys_per_sec: None,
+            created: VecDeque::with_capacity(TURNOVER_WINDOW_SECS),
+            turnover_warned: None,
+            refused: 0,
+            refused_since: None,
+            refused_logged: None,
         };
         reader.refresh_settings();
         reader.poll_kernel_counters();
@@ -276,8 +291,29 @@ struct Reader {
     unlogged: u64,
     /// Alerts dropped on a full queue this second.
     queue_full: u64,
-    /// The datapath's EventsSuppressed and EventsLost totals when last read.
-    kernel_seen: Option<(u64, u64)>,
+    /// The datapath's totals when last read.
+    kernel_seen: Option<KernelTotals>,
+    /// `[agent] max_keys` and `new_keys_per_sec` in force.
+    max_keys: u32,
+    new_keys_per_sec: Option<NonZeroU64>,
+    /// Keys created in each of the last [`TURNOVER_WINDOW_SECS`] seconds, oldest first.
+    created: VecDeque<u64>,
+    /// When the table turning over was last warned about.
+    turnover_warned: Option<Instant>,
+    /// First packets of new keys refused and not logged yet; since when.
+    refused: u64,
+    refused_since: Option<Instant>,
+    /// When refused new keys were last logged.
+    refused_logged: Option<Instant>,
+}
+
+/// Datapath counters the reader follows, summed over CPUs and interfaces.
+#[derive(Clone, Copy)]
+struct KernelTotals {
+    suppressed: u64,
+    lost: u64,
+    created: u64,
+    refused: u64,
 }
 
 impl Reader {
@@ -396,28 +432,38 @@ impl Reader {
         self.refresh_settings();
     }
 
-    /// Logs (and reports to the webhook) the events the datapath did not emit since last time.
+    /// `counter` summed over CPUs and interfaces.
+    fn kernel_total(&self, counter: Counter) -> Result<u64, aya::maps::MapError> {
+        let mut sum = 0u64;
+        for slot in 0..self.state.interfaces.len() as u32 {
+            let values = self.counters.get(&counter_index(slot, counter), 0)?;
+            sum = values.iter().fold(sum, |a, b| a.wrapping_add(*b));
+        }
+        Ok(sum)
+    }
+
+    fn kernel_totals(&self) -> Result<KernelTotals, aya::maps::MapError> {
+        Ok(KernelTotals {
+            suppressed: self.kernel_total(Counter::EventsSuppressed)?,
+            lost: self.kernel_total(Counter::EventsLost)?,
+            created: self.kernel_total(Counter::KeysCreated)?,
+            refused: self.kernel_total(Counter::NewKeysRefused)?,
+        })
+    }
+
+    /// Logs (and reports to the webhook) the events the datapath did not emit since last time,
+    /// and logs keys created and refused (see [`Reader::watch_new_keys`]).
     fn poll_kernel_counters(&mut self) {
-        let slots = self.state.interfaces.len() as u32;
-        let total = |counter: Counter| -> Result<u64, aya::maps::MapError> {
-            let mut sum = 0u64;
-            for slot in 0..slots {
-                let values = self.counters.get(&counter_index(slot, counter), 0)?;
-                sum = values.iter().fold(sum, |a, b| a.wrapping_add(*b));
+        let totals = match self.kernel_totals() {
+            Ok(totals) => totals,
+            Err(err) => {
+                debug!("reading the datapath counters: {err}");
+                return;
             }
-            Ok(sum)
         };
-        let (suppressed, lost) =
-            match (total(Counter::EventsSuppressed), total(Counter::EventsLost)) {
-                (Ok(s), Ok(l)) => (s, l),
-                (Err(err), _) | (_, Err(err)) => {
-                    debug!("reading the event counters: {err}");
-                    return;
-                }
-            };
-        if let Some((seen_suppressed, seen_lost)) = self.kernel_seen {
-            let new_suppressed = suppressed.wrapping_sub(seen_suppressed);
-            let new_lost = lost.wrapping_sub(seen_lost);
+        if let Some(seen) = self.kernel_seen {
+            let new_suppressed = totals.suppressed.wrapping_sub(seen.suppressed);
+            let new_lost = totals.lost.wrapping_sub(seen.lost);
             if new_suppressed > 0 {
                 info!(
                     suppressed = new_suppressed,
@@ -435,8 +481,69 @@ impl Reader {
                     .suppressed
                     .fetch_add(new_suppressed + new_lost, Ordering::Relaxed);
             }
+            self.watch_new_keys(
+                totals.created.wrapping_sub(seen.created),
+                totals.refused.wrapping_sub(seen.refused),
+            );
         }
-        self.kernel_seen = Some((suppressed, lost));
+        self.kernel_seen = Some(totals);
+    }
+
+    /// Warns, at most once per [`TURNOVER_WARNING_INTERVAL`], when the keys created over the
+    /// last [`TURNOVER_WINDOW_SECS`] seconds reach `max_keys` with no bound on new keys; logs
+    /// the first packets of new keys refused under a bound, at most once per
+    /// [`REFUSED_LOG_INTERVAL`].
+    fn watch_new_keys(&mut self, created: u64, refused: u64) {
+        let now = Instant::now();
+        let due = |last: Option<Instant>, interval| last.is_none_or(|at| now - at >= interval);
+        if self.created.len() == TURNOVER_WINDOW_SECS {
+            self.created.pop_front();
+        }
+        self.created.push_back(created);
+        let recent: u64 = self.created.iter().sum();
+        let max_keys = self.max_keys;
+        if self.new_keys_per_sec.is_none()
+            && max_keys > 0
+            && recent >= u64::from(max_keys)
+            && due(self.turnover_warned, TURNOVER_WARNING_INTERVAL)
+        {
+            warn!(
+                created = recent,
+                max_keys,
+                "{recent} keys created in the last {TURNOVER_WINDOW_SECS} s, at least the {max_keys} the table holds: keys are evicted as fast as they come — a flood from ever new (spoofed) sources? Established clients lose their buckets and the flood passes on fresh ones; `[agent] new_keys_per_sec` bounds key creation"
+            );
+            self.turnover_warned = Some(now);
+        }
+        let Some(bound) = self.new_keys_per_sec else {
+            self.refused = 0;
+            self.refused_since = None;
+            return;
+        };
+        if refused > 0 && self.refused == 0 {
+            // Refused in the second that just ended.
+            self.refused_since = now.checked_sub(Duration::from_secs(1));
+        }
+        self.refused += refused;
+        if self.refused > 0 && due(self.refused_logged, REFUSED_LOG_INTERVAL) {
+            let refused = self.refused;
+            let secs = self
+                .refused_since
+                .map_or(1, |since| (now - since).as_secs_f64().round() as u64)
+                .max(1);
+            let during = if secs == 1 {
+                "the last second".to_owned()
+            } else {
+                format!("the last {secs} s")
+            };
+            info!(
+                refused,
+                seconds = secs,
+                "{refused} first packets of new keys refused in {during} (over new_keys_per_sec = {bound})"
+            );
+            self.refused = 0;
+            self.refused_since = None;
+            self.refused_logged = Some(now);
+        }
     }
 
     /// Rule names and the webhook from the configuration in force (it changes on reload). Never
@@ -449,6 +556,8 @@ impl Reader {
             Err(TryLockError::WouldBlock) => return,
         };
         let config = datapath.config();
+        self.max_keys = config.agent.max_keys;
+        self.new_keys_per_sec = config.agent.new_keys_per_sec;
         self.rules = config
             .resolved_rules()
             .into_iter()
