@@ -201,6 +201,18 @@ impl TestNet {
         }
     }
 
+    /// A UDP client in the clients' namespace, sending from the `i`th client address.
+    pub fn client(&self, i: usize) -> crate::traffic::Client {
+        crate::traffic::Client::new(&self.clients, IpAddr::V4(self.client_addrs[i]))
+    }
+
+    /// One client per client address, shareable with flood threads.
+    pub fn every_client(&self) -> Vec<std::sync::Arc<crate::traffic::Client>> {
+        (0..self.client_addrs.len())
+            .map(|i| std::sync::Arc::new(self.client(i)))
+            .collect()
+    }
+
     pub fn gateway_ip(&self) -> IpAddr {
         IpAddr::V4(self.gateway_addr)
     }

@@ -3,9 +3,8 @@
 
 use limiter_tests::agent::{limiter, Agent};
 use limiter_tests::netns::TestNet;
-use limiter_tests::traffic::Client;
 use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 const CONFIG: &str = "[limits]\nrate = 1\nburst = 5\n\n\
                       [[rules]]\nname = \"partner\"\ncidr = \"198.18.0.11/32\"\naction = \"limit\"\nrate = 2\nburst = 10\n";
@@ -31,9 +30,8 @@ fn both(agent: &Agent, args: &[&str], expect: &str) -> Value {
 fn every_command_with_and_without_json() {
     let net = TestNet::new(2, 1);
     let agent = Agent::start(&net, Some(CONFIG));
-    for addr in &net.client_addrs {
-        Client::new(&net.clients, IpAddr::V4(*addr))
-            .burst(SocketAddr::new(net.gateway_ip(), 9), 40);
+    for client in net.every_client() {
+        client.burst(SocketAddr::new(net.gateway_ip(), 9), 40);
     }
 
     let status = both(&agent, &["status"], "tracked keys");

@@ -5,7 +5,7 @@
 
 use limiter_tests::agent::Agent;
 use limiter_tests::netns::{Netns, TestNet};
-use limiter_tests::traffic::{ipv4_udp_frame, BackgroundFlood, Client, RawSender, Receiver};
+use limiter_tests::traffic::{ipv4_udp_frame, BackgroundFlood, RawSender, Receiver};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -156,28 +156,19 @@ fn total(posts: &[Post], field: &str) -> u64 {
         .sum()
 }
 
-fn log_lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
-    log.lines().filter(|l| l.contains(what)).collect()
+/// The random sources (198.19.0.0/16) under a rule of their own, burst 1: a source's first
+/// packet passes and exhausts its key, its second is dropped; alerts go to `webhook`.
+fn random_sources_config(webhook: &WebhookReceiver) -> String {
+    format!(
+        "[limits]\nrate = 1000\nburst = 1000\n\n\
+         [[rules]]\nname = \"random\"\ncidr = \"198.19.0.0/16\"\naction = \"limit\"\nrate = 1\nburst = 1\n\n\
+         [alerts]\nwebhook = \"{}\"\n",
+        webhook.url()
+    )
 }
 
-/// The agent's log without terminal colours.
-fn plain_log(agent: &Agent) -> String {
-    let log = agent.log();
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters… final byte (a letter).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
+fn log_lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(what)).collect()
 }
 
 #[test]
@@ -190,11 +181,7 @@ fn flooding_sources_are_alerted_once_each_and_a_polite_one_not_at_all() {
     );
     let agent = Agent::start(&net, Some(&config));
     let receiver = Receiver::start(&net.gateway, net.gateway_ip());
-    let clients: Vec<Client> = net
-        .client_addrs
-        .iter()
-        .map(|a| Client::new(&net.clients, IpAddr::V4(*a)))
-        .collect();
+    let clients = net.every_client();
 
     // Three sources send 200 packets back to back (far beyond the burst of 20); the fourth sends
     // 5, within its burst.
@@ -254,7 +241,7 @@ fn flooding_sources_are_alerted_once_each_and_a_polite_one_not_at_all() {
     }
     drop(receiver);
 
-    let log = plain_log(&agent);
+    let log = agent.log();
     let lines = log_lines(&log, "key exhausted");
     assert_eq!(lines.len(), 3, "one log line per exhausted key:\n{log}");
     for key in &flooders {
@@ -279,12 +266,7 @@ fn ten_thousand_keys_exhausted_at_once_make_a_bounded_number_of_requests() {
     // The random sources under a rule of their own: burst 1, so a source's first packet passes
     // and exhausts its key, and its second is dropped. (Under the default's roomy limit, what
     // else the link carries, such as MLD reports, exhausts nothing.)
-    let config = format!(
-        "[limits]\nrate = 1000\nburst = 1000\n\n\
-         [[rules]]\nname = \"random\"\ncidr = \"198.19.0.0/16\"\naction = \"limit\"\nrate = 1\nburst = 1\n\n\
-         [alerts]\nwebhook = \"{}\"\n",
-        webhook.url()
-    );
+    let config = random_sources_config(&webhook);
     let agent = Agent::start(&net, Some(&config));
     let sender = RawSender::new(&net.clients, &net.client_if);
     let gateway = Ipv4Addr::new(198, 18, 0, 1);
@@ -369,7 +351,7 @@ fn ten_thousand_keys_exhausted_at_once_make_a_bounded_number_of_requests() {
     }
 
     // The log stays readable: at most 20 keys a second one by one, the rest summed up.
-    let log = plain_log(&agent);
+    let log = agent.log();
     let one_by_one = log_lines(&log, "key exhausted").len();
     let seconds = settled.as_secs() + 2;
     assert!(
@@ -410,7 +392,7 @@ fn a_webhook_that_is_down_blocks_neither_the_api_nor_enforcement() {
     // A flooding client, and new sources exhausted continuously (2 000 a second, each sending
     // two packets with burst 1) so that alerts keep coming while the sender retries.
     let start = Instant::now();
-    let flooder = Arc::new(Client::new(&net.clients, IpAddr::V4(net.client_addrs[0])));
+    let flooder = Arc::new(net.client(0));
     let flood = BackgroundFlood::start(vec![Arc::clone(&flooder)], receiver.addr);
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let churn = {
@@ -455,7 +437,7 @@ fn a_webhook_that_is_down_blocks_neither_the_api_nor_enforcement() {
         "the API took {slowest:?} to answer while the webhook was down"
     );
     assert!(status["dropped"].as_u64().unwrap_or(0) > 0, "{status}");
-    let log = plain_log(&agent);
+    let log = agent.log();
     assert!(
         log.contains("webhook unreachable"),
         "the agent never gave a batch up:\n{log}"
@@ -496,12 +478,7 @@ fn a_full_ring_buffer_is_counted_and_the_program_says_so_in_the_agent_log() {
     const SOURCES: u32 = 12_000;
     let net = TestNet::new(0, 1);
     let webhook = WebhookReceiver::start(&net.gateway);
-    let config = format!(
-        "[limits]\nrate = 1000\nburst = 1000\n\n\
-         [[rules]]\nname = \"random\"\ncidr = \"198.19.0.0/16\"\naction = \"limit\"\nrate = 1\nburst = 1\n\n\
-         [alerts]\nwebhook = \"{}\"\n",
-        webhook.url()
-    );
+    let config = random_sources_config(&webhook);
     let agent = Agent::start(&net, Some(&config));
     let sender = RawSender::new(&net.clients, &net.client_if);
     let gateway = Ipv4Addr::new(198, 18, 0, 1);
@@ -525,12 +502,12 @@ fn a_full_ring_buffer_is_counted_and_the_program_says_so_in_the_agent_log() {
     drop(paused);
 
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut log = plain_log(&agent);
+    let mut log = agent.log();
     while !(log.contains("ring buffer full") && log.contains("exhaustion events lost"))
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
-        log = plain_log(&agent);
+        log = agent.log();
     }
     // The program's own line (aya-log), on the rare path, reached the agent's log…
     assert!(

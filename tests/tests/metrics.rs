@@ -3,12 +3,11 @@
 
 use limiter_tests::agent::Agent;
 use limiter_tests::netns::{Netns, TestNet};
-use limiter_tests::traffic::{BackgroundFlood, Client, Receiver};
+use limiter_tests::traffic::{BackgroundFlood, Receiver};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Not the default port, so that the flag is what puts the endpoint there.
@@ -370,11 +369,7 @@ fn metrics_agree_with_status_and_inspect() {
 
     // 3 sources × 100 datagrams, burst 10: each passes about 10 and drops about 90.
     let receiver = Receiver::start(&net.gateway, net.gateway_ip());
-    let clients: Vec<Arc<Client>> = net
-        .client_addrs
-        .iter()
-        .map(|a| Arc::new(Client::new(&net.clients, IpAddr::V4(*a))))
-        .collect();
+    let clients = net.every_client();
     for client in &clients {
         assert_eq!(
             client.burst(receiver.addr, 100),

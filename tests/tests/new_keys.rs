@@ -221,31 +221,12 @@ fn sample(metrics: &str, series: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{series} = {:?}: {e}", values[0]))
 }
 
-/// The agent's log without terminal colours.
-fn plain_log(agent: &Agent) -> String {
-    let log = agent.log();
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters… final byte (a letter).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// The agent's log lines containing `what`, as soon as there is one, or none after `timeout`.
 fn wait_for_log_lines(agent: &Agent, what: &str, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let lines: Vec<String> = plain_log(agent)
+        let lines: Vec<String> = agent
+            .log()
             .lines()
             .filter(|l| l.contains(what))
             .map(str::to_owned)
@@ -327,7 +308,7 @@ fn new_keys_are_bounded_under_a_flood_of_new_sources_and_reload_changes_the_boun
     let lines = wait_for_log_lines(&agent, what, Duration::from_secs(3));
     let line = lines
         .first()
-        .unwrap_or_else(|| panic!("no line on refused new keys:\n{}", plain_log(&agent)));
+        .unwrap_or_else(|| panic!("no line on refused new keys:\n{}", agent.log()));
     let logged = number_before(line, what);
     assert!(
         (1..=first.refused).contains(&logged)
@@ -431,7 +412,7 @@ fn a_table_turning_over_without_a_bound_is_warned_about_once() {
         )),
     );
     let what = "keys created in the last 10 s";
-    assert!(!plain_log(&agent).contains(what), "warned before any flood");
+    assert!(!agent.log().contains(what), "warned before any flood");
 
     // 2000 new sources, one frame each: the table of 256 keys turns over several times.
     let sender = RawSender::new(&net.clients, &net.client_if);
@@ -442,12 +423,9 @@ fn a_table_turning_over_without_a_bound_is_warned_about_once() {
     assert_eq!(sent, 2000, "flood frames the kernel took");
 
     let lines = wait_for_log_lines(&agent, what, Duration::from_secs(5));
-    let line = lines.first().unwrap_or_else(|| {
-        panic!(
-            "no warning on the table turning over:\n{}",
-            plain_log(&agent)
-        )
-    });
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no warning on the table turning over:\n{}", agent.log()));
     let created = number_before(line, what);
     assert!(
         line.contains("WARN")

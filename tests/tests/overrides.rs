@@ -5,7 +5,6 @@ use limiter_tests::agent::Agent;
 use limiter_tests::netns::TestNet;
 use limiter_tests::traffic::{Client, Receiver};
 use serde_json::Value;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = "[limits]\nrate = 1\nburst = 5\n\n\
@@ -22,8 +21,8 @@ fn delivered(net: &TestNet, client: &Client, count: u64) -> u64 {
 fn deny_stops_a_source_at_once_survives_a_restart_and_is_removed() {
     let net = TestNet::new(2, 1);
     let mut agent = Agent::start(&net, Some(CONFIG));
-    let target = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
-    let bystander = Client::new(&net.clients, IpAddr::V4(net.client_addrs[1]));
+    let target = net.client(0);
+    let bystander = net.client(1);
     assert_eq!(
         delivered(&net, &target, 50),
         50,
@@ -80,7 +79,7 @@ fn deny_stops_a_source_at_once_survives_a_restart_and_is_removed() {
 fn limit_overrides_and_an_allow_with_a_ttl_that_lapses() {
     let net = TestNet::new(1, 1);
     let agent = Agent::start(&net, Some("[limits]\nrate = 1\nburst = 5\n"));
-    let client = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
+    let client = net.client(0);
     assert!(delivered(&net, &client, 50) <= 6);
 
     // A limit override: its own bucket, named after it.

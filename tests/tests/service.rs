@@ -4,9 +4,8 @@
 
 use limiter_tests::agent::{limiter, Agent};
 use limiter_tests::netns::TestNet;
-use limiter_tests::traffic::Client;
 use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ fn xdp_prog_id(netns: &str, iface: &str) -> Option<u64> {
 fn reload_applies_a_good_file_keeps_buckets_and_refuses_bad_ones() {
     let net = TestNet::new(1, 1);
     let agent = Agent::start(&net, Some(&config(1, 5)));
-    let client = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
+    let client = net.client(0);
     let to = SocketAddr::new(net.gateway_ip(), 9);
     client.burst(to, 20);
     let before = agent.json(&["inspect", "198.18.0.10"]);
@@ -148,7 +147,7 @@ fn reload_of_an_agent_on_the_embedded_default_says_there_is_no_file() {
 fn restart_replaces_the_program_and_keeps_the_state_and_detach_removes_it() {
     let net = TestNet::new(1, 1);
     let mut agent = Agent::start(&net, Some(&config(1, 5)));
-    let client = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
+    let client = net.client(0);
     let to = SocketAddr::new(net.gateway_ip(), 9);
     client.burst(to, 30);
     let before = agent.json(&["inspect", "198.18.0.10"]);
@@ -217,7 +216,7 @@ fn pinned_state_that_does_not_fit_is_refused_with_what_differs() {
 fn a_user_without_access_to_the_socket_cannot_reset() {
     let net = TestNet::new(1, 1);
     let agent = Agent::start(&net, Some(&config(1, 5)));
-    let client = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
+    let client = net.client(0);
     client.burst(SocketAddr::new(net.gateway_ip(), 9), 20);
     let socket = agent.socket.display().to_string();
     let out = Command::new("runuser")

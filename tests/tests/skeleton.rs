@@ -6,7 +6,7 @@ use limiter_tests::netns::TestNet;
 use limiter_tests::traffic::{flood, BackgroundFlood, Client, Receiver};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,11 +36,7 @@ fn flooding_sources_get_exactly_their_bucket_and_reset_refills_it() {
     let agent = Agent::start(&net, Some(CONFIG));
     let receiver = Receiver::start(&net.gateway, net.gateway_ip());
     let to = receiver.addr;
-    let clients: Vec<Arc<Client>> = net
-        .client_addrs
-        .iter()
-        .map(|a| Arc::new(Client::new(&net.clients, IpAddr::V4(*a))))
-        .collect();
+    let clients = net.every_client();
     let (flooders, polite) = (&clients[..3], &clients[3]);
 
     // Three sources flood for 3.25 s (rate·t = 6.5, away from a rounding edge) while a fourth
@@ -248,7 +244,7 @@ fn cli_errors_are_clear_and_change_nothing() {
 
     let net = TestNet::new(1, 1);
     let agent = Agent::start(&net, Some(CONFIG));
-    let client = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
+    let client = net.client(0);
     let to = SocketAddr::new(net.gateway_ip(), 9);
     client.burst(to, 100);
     let before = agent.json(&["inspect", "198.18.0.10"]);
@@ -337,7 +333,7 @@ fn without_a_config_the_agent_runs_on_the_embedded_default() {
 fn killed_agent_leaves_enforcement_running_and_a_restart_adopts_the_state() {
     let net = TestNet::new(1, 1);
     let mut agent = Agent::start(&net, Some(CONFIG));
-    let client = Client::new(&net.clients, IpAddr::V4(net.client_addrs[0]));
+    let client = net.client(0);
     let to = SocketAddr::new(net.gateway_ip(), 9);
     client.burst(to, 1000);
     let before = agent.json(&["inspect", "198.18.0.10"]);

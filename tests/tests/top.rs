@@ -7,9 +7,9 @@
 use limiter_common::key::Prefix;
 use limiter_tests::agent::{limiter, Agent};
 use limiter_tests::netns::TestNet;
-use limiter_tests::traffic::{BackgroundFlood, Client};
+use limiter_tests::traffic::BackgroundFlood;
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -217,13 +217,10 @@ fn top_shows_the_flooders_sorts_filters_resets_and_quits() {
     let net = TestNet::new(4, 2);
     let mut agent = Agent::start(&net, Some(CONFIG));
     let to = SocketAddr::new(net.gateway_ip(), 9);
-    let clients: Vec<Arc<Client>> = net.client_addrs[..3]
-        .iter()
-        .map(|a| Arc::new(Client::new(&net.clients, IpAddr::V4(*a))))
-        .collect();
+    let clients = (0..3).map(|i| Arc::new(net.client(i))).collect();
     let flood = BackgroundFlood::start(clients, to);
     // The polite source: 3 packets every 10 ms.
-    let polite = Client::new(&net.clients, IpAddr::V4(net.client_addrs[3]));
+    let polite = net.client(3);
     let stop = Arc::new(AtomicBool::new(false));
     let polite_thread = {
         let stop = Arc::clone(&stop);

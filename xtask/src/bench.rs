@@ -952,6 +952,15 @@ impl XorShift {
 // The report
 // ---------------------------------------------------------------------------------------------
 
+/// The command that wrote a section, as the report names it.
+pub(crate) fn command(quick: bool) -> &'static str {
+    if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    }
+}
+
 pub(crate) struct Machine {
     pub(crate) nproc: usize,
     pub(crate) cpu: String,
@@ -1069,11 +1078,7 @@ fn report(
         v6_pool,
     } = notes;
     let mut out = String::new();
-    let command = if plan.quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let command = command(plan.quick);
     let resident = count_label(plan.resident);
     let _ = writeln!(out, "{SECTION}\n");
     let _ = writeln!(

@@ -2294,11 +2294,7 @@ fn report(
     chart_note: Option<&str>,
 ) -> String {
     let mut out = String::new();
-    let command = if plan.quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let command = bench::command(plan.quick);
     let _ = writeln!(out, "{SECTION}\n");
     let _ = writeln!(
         out,
@@ -2822,11 +2818,7 @@ fn aims(
     secs: f64,
 ) -> String {
     let mut out = String::new();
-    let command = if quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let command = bench::command(quick);
     let _ = writeln!(out, "{AIMS_SECTION}\n");
     let _ = writeln!(
         out,

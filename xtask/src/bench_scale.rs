@@ -443,11 +443,7 @@ fn size_text(bytes: u64) -> String {
 
 pub(crate) fn report(quick: bool, machine: &bench::Machine, result: &ScaleResult) -> String {
     let mut out = String::new();
-    let command = if quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let command = bench::command(quick);
     let _ = writeln!(out, "{SECTION}\n");
     let _ = writeln!(
         out,

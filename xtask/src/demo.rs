@@ -4,8 +4,7 @@
 use anyhow::bail;
 use limiter_tests::agent::{is_bpffs, Agent, TEST_BPFFS};
 use limiter_tests::netns::TestNet;
-use limiter_tests::traffic::{BackgroundFlood, Client, Receiver};
-use std::net::IpAddr;
+use limiter_tests::traffic::{BackgroundFlood, Receiver};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,11 +78,7 @@ fn demo() -> anyhow::Result<()> {
     step("198.18.0.10 sends 10 packets/s (under its limit); .11, .12 and .13 flood for 3 s");
     let receiver = Receiver::start(&net.gateway, net.gateway_ip());
     let to = receiver.addr;
-    let clients: Vec<Arc<Client>> = net
-        .client_addrs
-        .iter()
-        .map(|a| Arc::new(Client::new(&net.clients, IpAddr::V4(*a))))
-        .collect();
+    let clients = net.every_client();
     let flood = BackgroundFlood::start(clients[1..].to_vec(), to);
     let polite = Arc::clone(&clients[0]);
     for _ in 0..30 {
