@@ -1,7 +1,13 @@
 //! The agent's HTTP/JSON API on its Unix socket: paths and the shapes both sides exchange.
-//! The JSON field names are the contract of PRODUCT.md (`inspect --json`, `status --json` …).
+//! A leaf: the agent and the CLI depend on it, it depends on neither. The JSON field names are
+//! the project's contract (`inspect --json`, `status --json` …), documented in docs/api.md.
 
+use limiter_common::maps::{Counter, COUNTER_SLOTS};
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where the agent's API listens unless told otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/limiter/limiter.sock";
 
 pub const STATUS_PATH: &str = "/v1/status";
 pub const KEYS_PATH: &str = "/v1/keys";
@@ -38,29 +44,13 @@ pub struct Status {
     pub interfaces: Vec<InterfaceInfo>,
     pub tracked_keys: u64,
     pub exhausted_keys: u64,
-    pub passed: u64,
-    pub dropped: u64,
     pub dry_run: bool,
-    /// Over a limit (or denied) but let through by dry run.
-    pub would_drop: u64,
-    /// Passed by an allow rule, without a bucket.
-    pub allowed_by_rule: u64,
-    /// Matched a deny rule.
-    pub denied_by_rule: u64,
-    /// Never limited: non-IP (ARP …), IPv6 neighbour and router discovery.
-    pub not_limited: u64,
-    /// Could not be parsed (truncated, malformed, too many IPv6 extension headers): passed.
-    pub unparsed: u64,
-    /// New keys the datapath could not track (map full and nothing evictable): passed.
-    pub insert_failed: u64,
     /// Keys the LRU map evicted to make room (keys created less keys tracked).
     pub evicted_keys: u64,
-    /// Packets dropped because their bucket's update lost to other CPUs every retry.
-    pub contention_drops: u64,
-    /// First packets of new keys refused over `[agent] new_keys_per_sec`: dropped (counted in
-    /// `dropped`, or in `would_drop` in dry run) and no key created.
-    #[serde(default)]
-    pub new_keys_refused: u64,
+    /// Every datapath counter, summed over CPUs and interfaces, by its name (`passed`,
+    /// `dropped`, `would_drop`, … — see `Counter`).
+    #[serde(flatten)]
+    pub counters: Counters,
     pub rules: usize,
     pub config: ConfigInfo,
 }
@@ -129,8 +119,122 @@ pub struct ResetResponse {
 
 /// Body of every error answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ApiError {
+pub struct ErrorBody {
+    /// For a person.
     pub error: String,
+    /// For a script (absent in answers of agents older than the code).
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+}
+
+/// What kind of error an answer is, machine-readable; the CLI picks its exit status from it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed KEY or CIDR, a bad body or query, a reset without exactly one selection.
+    BadRequest,
+    /// `inspect` of a KEY that selects several tracked keys.
+    AmbiguousKey,
+    /// The KEY selects no tracked key.
+    NotTracked,
+    /// `overrides rm` of a CIDR that has no override.
+    NoSuchOverride,
+    /// `reload`: the config file is refused, or the agent has none.
+    ReloadRefused,
+    /// Anything else: the agent could not do it (the message says why).
+    Internal,
+    /// A code this build does not know (from a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status of an answer with this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::AmbiguousKey => 400,
+            ErrorCode::NotTracked | ErrorCode::NoSuchOverride => 404,
+            ErrorCode::ReloadRefused => 422,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+}
+
+/// What an override does (and a configured rule: `action = "…"`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Never limited.
+    Allow,
+    /// Always dropped.
+    Deny,
+    /// Limited with its own rate and burst.
+    Limit,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::Limit => "limit",
+        })
+    }
+}
+
+/// Every datapath counter by [`Counter`], in JSON an object of `name: value` in slot order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters([u64; COUNTER_SLOTS as usize]);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    pub fn set(&mut self, counter: Counter, value: u64) {
+        self.0[counter as usize] = value;
+    }
+
+    /// Each counter with its value, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.into_iter().map(|c| (c, self.get(c)))
+    }
+}
+
+impl Serialize for Counters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter().map(|(c, value)| (c.name(), value)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Counters {
+    /// Takes the fields that name a counter; other fields (from a newer agent, or of the
+    /// object this is flattened into) are left alone, and a counter not given is 0.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Counters, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Counters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of counters")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Counters, A::Error> {
+                let mut counters = Counters::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    match Counter::from_name(&name) {
+                        Some(counter) => counters.set(counter, map.next_value()?),
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(counters)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// Answer of `POST /v1/reload`.
@@ -146,8 +250,7 @@ pub struct ReloadResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OverrideRequest {
     pub cidr: String,
-    /// "allow", "deny" or "limit".
-    pub action: String,
+    pub action: Action,
     pub rate: Option<u64>,
     pub burst: Option<u64>,
     /// Lapses after this long; none: until removed.
@@ -158,7 +261,7 @@ pub struct OverrideRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OverrideInfo {
     pub cidr: String,
-    pub action: String,
+    pub action: Action,
     pub rate: Option<u64>,
     pub burst: Option<u64>,
     /// None: until removed.

@@ -1,6 +1,6 @@
 //! The CLI's side of the API: HTTP over the agent's Unix socket.
 
-use crate::api::ApiError;
+use crate::api::{ErrorBody, ErrorCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST};
@@ -22,9 +22,10 @@ pub enum ClientError {
     PermissionDenied(PathBuf),
     #[error("talking to the agent on {path}: {error}")]
     Transport { path: PathBuf, error: String },
-    /// The agent refused the request; its message is for the operator.
+    /// The agent refused the request; its message is for the operator, its code for the exit
+    /// status.
     #[error("{message}")]
-    Refused { status: u16, message: String },
+    Refused { code: ErrorCode, message: String },
 }
 
 pub struct ApiClient {
@@ -155,12 +156,25 @@ impl ApiClient {
             .map_err(|err| self.transport(err))
     }
 
-    /// The agent's refusal, with its message for the operator.
+    /// The agent's refusal, with its message for the operator. Without a code in the answer
+    /// (an older agent, or not JSON) the HTTP status stands in for it.
     fn refusal(&self, status: u16, body: &[u8]) -> ClientError {
-        let message = serde_json::from_slice::<ApiError>(body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
-        ClientError::Refused { status, message }
+        let by_status = match status {
+            400 => ErrorCode::BadRequest,
+            404 => ErrorCode::NotTracked,
+            422 => ErrorCode::ReloadRefused,
+            _ => ErrorCode::Internal,
+        };
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(answer) => ClientError::Refused {
+                code: answer.code.unwrap_or(by_status),
+                message: answer.error,
+            },
+            Err(_) => ClientError::Refused {
+                code: by_status,
+                message: String::from_utf8_lossy(body).into_owned(),
+            },
+        }
     }
 
     fn transport(&self, error: impl std::fmt::Display) -> ClientError {

@@ -7,16 +7,19 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
   1  the operation failed (the message says why)
-  2  bad usage: unknown flag, malformed KEY or CIDR
+  2  bad usage: unknown flag, malformed KEY or CIDR, a KEY that selects several keys for inspect
   3  no agent reachable on the API socket (not running, or permission denied)
-  4  the KEY is not tracked";
+  4  the KEY is not tracked
+  5  there is no override for the CIDR (overrides rm)";
 
+/// Why a command failed, by exit status.
 #[derive(Debug)]
 pub enum Failure {
     Other(String),
     Usage(String),
     Unreachable(String),
     NotTracked(String),
+    NoSuchOverride(String),
 }
 
 impl Failure {
@@ -26,6 +29,7 @@ impl Failure {
             Failure::Usage(m) => (2, m),
             Failure::Unreachable(m) => (3, m),
             Failure::NotTracked(m) => (4, m),
+            Failure::NoSuchOverride(m) => (5, m),
         };
         eprintln!("error: {message}");
         ExitCode::from(code)

@@ -1,17 +1,20 @@
 //! `limiter`: the agent (`limiter agent`) and the operator's CLI, in one binary.
 
+//!
+//! Modules depend one way: `main` → {`agent`, `cli`}; `cli` → {`api`, `client`, `exit`, `pins`};
+//! `agent` → {`api`, `pins`}; `api`, `exit` and `pins` are leaves (and `limiter-common` below all).
+
 mod agent;
 mod api;
 mod cli;
 mod client;
 mod exit;
+mod pins;
 
+use api::Action;
 use clap::{CommandFactory, Parser, Subcommand};
 use exit::Failure;
 use std::process::ExitCode;
-
-/// Where the agent's API listens unless told otherwise.
-pub const DEFAULT_API_SOCKET: &str = "/run/limiter/limiter.sock";
 
 /// Kernel-accelerated rate limiting for API gateway hosts.
 ///
@@ -110,11 +113,11 @@ fn run_cli(command: Command) -> Result<(), Failure> {
             Command::Reset(args) => cli::reset::run(args).await,
             Command::Reload(args) => cli::reload::run(args).await,
             Command::Top(args) => cli::top::run(args).await,
-            Command::Allow(args) => cli::overrides::add(args, "allow", None).await,
-            Command::Deny(args) => cli::overrides::add(args, "deny", None).await,
+            Command::Allow(args) => cli::overrides::add(args, Action::Allow, None).await,
+            Command::Deny(args) => cli::overrides::add(args, Action::Deny, None).await,
             Command::Limit(args) => {
                 let limit = (args.rate, args.burst);
-                cli::overrides::add(args.common, "limit", Some(limit)).await
+                cli::overrides::add(args.common, Action::Limit, Some(limit)).await
             }
             Command::Overrides(args) => cli::overrides::run(args).await,
             Command::Agent(_) | Command::Detach(_) | Command::Completions { .. } | Command::Man => {

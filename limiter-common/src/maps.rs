@@ -183,43 +183,91 @@ pub struct DatapathConfig {
     pub valid: u32,
 }
 
-/// Global counters, one slot each in [`COUNTERS_MAP`] (per CPU; the agent sums them).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Declares [`Counter`] from one table: each counter's slot, its name (a field of `status --json`,
+/// and of the metrics where it is exported), a label and a note for a person (`limiter status`).
+/// Everything that lists counters iterates [`Counter::ALL`], so adding one is one line here (and
+/// the agent's metrics, which match on every counter, say where it is exported).
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $slot:literal, $name:literal, $label:literal, $note:literal; )*) => {
+        /// Global counters, one slot each in [`COUNTERS_MAP`] (per CPU; the agent sums them).
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $( $(#[doc = $doc])* $variant = $slot, )*
+        }
+
+        impl Counter {
+            /// Every counter, in slot order.
+            pub const ALL: [Counter; [$($slot),*].len()] = [$(Counter::$variant),*];
+
+            /// Its name in `status --json` (snake case).
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+
+            /// How `limiter status` names it.
+            pub const fn label(self) -> &'static str {
+                match self { $(Counter::$variant => $label,)* }
+            }
+
+            /// What `limiter status` says after the number (may be empty).
+            pub const fn note(self) -> &'static str {
+                match self { $(Counter::$variant => $note,)* }
+            }
+        }
+    };
+}
+
+counters! {
     /// Packets of a limited key that passed.
-    Passed = 0,
+    Passed = 0, "passed", "passed", "";
     /// Packets of a limited key that were dropped.
-    Dropped = 1,
+    Dropped = 1, "dropped", "dropped", "";
     /// Packets over the limit that dry run let through.
-    WouldDrop = 2,
+    WouldDrop = 2, "would_drop", "would drop", "let through by dry run";
     /// Packets passed by an `allow` rule.
-    AllowedByRule = 3,
+    AllowedByRule = 3, "allowed_by_rule", "allowed by rule", "";
     /// Packets matched by a `deny` rule (dropped, or passed in dry run).
-    DeniedByRule = 4,
+    DeniedByRule = 4, "denied_by_rule", "denied by rule", "";
     /// Packets the program never limits: non-IP (ARP …), IPv6 neighbour/router discovery.
-    NotLimited = 5,
+    NotLimited = 5, "not_limited", "not limited", "ARP, IPv6 neighbour discovery …; always passed";
     /// Packets that could not be parsed (truncated, unknown, beyond the header bound); passed.
-    Unparsed = 6,
+    Unparsed = 6, "unparsed", "unparsed", "truncated or malformed; passed";
     /// New keys that could not be inserted into the bucket map; passed (see the datapath).
-    InsertFailed = 7,
+    InsertFailed = 7, "insert_failed", "insert failures", "new keys not tracked (map full); passed";
     /// Keys created. Less the keys tracked now, it is how many the LRU map evicted.
-    KeysCreated = 8,
+    KeysCreated = 8, "keys_created", "keys created", "";
     /// Packets that arrived before the agent wrote a configuration; passed.
-    Unconfigured = 9,
+    Unconfigured = 9, "unconfigured", "unconfigured", "before the agent configured the program; passed";
     /// Packets dropped because their bucket's compare-and-swap lost to other CPUs every time.
-    ContentionDrops = 10,
+    ContentionDrops = 10, "contention_drops", "contention", "dropped after losing every retry to other CPUs";
     /// Exhaustion events not emitted: over the per-CPU bound ([`EVENTS_PER_SEC_PER_CPU`]).
-    EventsSuppressed = 11,
+    EventsSuppressed = 11, "events_suppressed", "events suppressed", "exhaustion events over the per-CPU bound";
     /// Exhaustion events lost: the ring buffer was full (the agent is not reading it fast enough).
-    EventsLost = 12,
+    EventsLost = 12, "events_lost", "events lost", "exhaustion events lost to a full ring buffer";
     /// First packets of new keys refused, over `[agent] new_keys_per_sec`: dropped (or passed in
     /// dry run, and counted as would-drop), and no key created for them.
-    NewKeysRefused = 13,
+    NewKeysRefused = 13, "new_keys_refused", "new keys refused", "first packets over new_keys_per_sec; no key created";
 }
 
 /// Counters per interface.
-pub const COUNTER_SLOTS: u32 = 14;
+pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
+
+// Each counter's slot is its place in `Counter::ALL`: slots are dense and none is used twice.
+const _: () = {
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!(Counter::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+impl Counter {
+    /// The counter with this `status --json` name.
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Counter::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
 
 /// Interfaces one agent attaches to at most; each has its own set of counters.
 pub const MAX_INTERFACES: u32 = 16;
@@ -290,5 +338,14 @@ mod tests {
     fn per_key_state_fits_a_cache_line() {
         // Key and value of one tracked key, as the goal states it (≤ 64 bytes).
         assert!(size_of::<BucketState>() <= 64);
+    }
+
+    #[test]
+    fn counter_names_are_distinct_and_found_again() {
+        for counter in Counter::ALL {
+            assert_eq!(Counter::from_name(counter.name()), Some(counter));
+            assert!(!counter.label().is_empty());
+        }
+        assert_eq!(COUNTER_SLOTS as usize, Counter::ALL.len());
     }
 }

@@ -1,7 +1,7 @@
 //! Attaching the XDP program to interfaces through pinned links, so that it stays attached when
 //! the agent exits and a restarted agent replaces the program in place, keeping the maps.
 
-use super::pins::link_pin;
+use crate::pins::link_pin;
 use anyhow::{anyhow, Context};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;

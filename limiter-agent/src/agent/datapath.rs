@@ -1,7 +1,7 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
 use super::config::{longest_match, Action, Config, ResolvedRule};
-use crate::api::{KeyInfo, SortBy};
+use crate::api::{Counters, KeyInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
@@ -99,22 +99,6 @@ impl RuleTries {
         }
         Ok(())
     }
-}
-
-/// Sums of the global per-CPU counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Totals {
-    pub passed: u64,
-    pub dropped: u64,
-    pub would_drop: u64,
-    pub allowed_by_rule: u64,
-    pub denied_by_rule: u64,
-    pub not_limited: u64,
-    pub unparsed: u64,
-    pub insert_failed: u64,
-    pub keys_created: u64,
-    pub contention_drops: u64,
-    pub new_keys_refused: u64,
 }
 
 impl Datapath {
@@ -218,12 +202,7 @@ impl Datapath {
 
     /// Every counter of every interface, summed over the CPUs: one walk of the COUNTERS map.
     pub fn counter_sums(&self) -> anyhow::Result<CounterSums> {
-        let mut sums = vec![0u64; COUNTER_ENTRIES as usize];
-        for (index, values) in self.counters.iter().enumerate() {
-            let values = values.context("reading the COUNTERS map")?;
-            sums[index] = values.iter().copied().fold(0u64, u64::wrapping_add);
-        }
-        Ok(CounterSums(sums))
+        CounterSums::read(&self.counters)
     }
 
     /// Calls `visit` for every tracked key, reading the map in batches.
@@ -374,32 +353,41 @@ pub fn monotonic_now_ns() -> u64 {
 pub struct CounterSums(Vec<u64>);
 
 impl CounterSums {
+    /// One walk of a COUNTERS map (the datapath's, or a handle of a task's own).
+    pub fn read(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<CounterSums> {
+        let mut sums = vec![0u64; COUNTER_ENTRIES as usize];
+        for (index, values) in map.iter().enumerate() {
+            let values = values.context("reading the COUNTERS map")?;
+            sums[index] = values.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(CounterSums(sums))
+    }
+
     /// The counters of every interface (`None`) or of one interface slot.
-    pub fn totals(&self, slot: Option<u32>) -> Totals {
+    pub fn totals(&self, slot: Option<u32>) -> Counters {
         let slots = match slot {
             Some(slot) => slot..slot + 1,
             None => 0..MAX_INTERFACES,
         };
-        let sum = |counter: Counter| -> u64 {
-            slots
+        let mut totals = Counters::default();
+        for counter in Counter::ALL {
+            let sum = slots
                 .clone()
                 .map(|slot| self.0[counter_index(slot, counter) as usize])
-                .fold(0u64, u64::wrapping_add)
-        };
-        Totals {
-            passed: sum(Counter::Passed),
-            dropped: sum(Counter::Dropped),
-            would_drop: sum(Counter::WouldDrop),
-            allowed_by_rule: sum(Counter::AllowedByRule),
-            denied_by_rule: sum(Counter::DeniedByRule),
-            not_limited: sum(Counter::NotLimited),
-            unparsed: sum(Counter::Unparsed),
-            insert_failed: sum(Counter::InsertFailed),
-            keys_created: sum(Counter::KeysCreated),
-            contention_drops: sum(Counter::ContentionDrops),
-            new_keys_refused: sum(Counter::NewKeysRefused),
+                .fold(0u64, u64::wrapping_add);
+            totals.set(counter, sum);
         }
+        totals
     }
+}
+
+/// A handle of its own on the pinned COUNTERS map, for a task that reads the counters without
+/// taking the datapath's lock.
+pub fn open_counters(pin_path: &std::path::Path) -> anyhow::Result<PerCpuArray<MapData, u64>> {
+    let pin = pin_path.join(COUNTERS_MAP);
+    let data = MapData::from_pin(&pin)
+        .with_context(|| format!("opening the pinned map {}", pin.display()))?;
+    Ok(PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?)
 }
 
 /// The answer to a list query: raw entries, described one at a time as they are written out.

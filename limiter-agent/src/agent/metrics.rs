@@ -5,14 +5,15 @@
 //! Labels are bounded: an interface (at most `MAX_INTERFACES`) and a fixed set of verdicts —
 //! never a key.
 
-use super::datapath::Totals;
-use super::server::AgentState;
+use super::state::AgentState;
+use crate::api::Counters;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use limiter_common::maps::Counter;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -101,9 +102,9 @@ impl std::fmt::Debug for MapCollector {
 /// What one scrape read from the kernel.
 struct Snapshot {
     /// Per attached interface, in slot order.
-    per_interface: Vec<Totals>,
+    per_interface: Vec<Counters>,
     /// Over every slot (also those of interfaces no longer attached).
-    all: Totals,
+    all: Counters,
     tracked: u64,
     exhausted: u64,
     max_keys: u32,
@@ -111,11 +112,7 @@ struct Snapshot {
 
 impl MapCollector {
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let datapath = self
-            .state
-            .datapath
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let datapath = self.state.datapath();
         // Buckets first, counters after: `keys_created` then counts every key walked.
         let (tracked, exhausted) = datapath.key_counts()?;
         let sums = datapath.counter_sums()?;
@@ -128,7 +125,7 @@ impl MapCollector {
             all,
             tracked,
             exhausted,
-            max_keys: datapath.config().agent.max_keys,
+            max_keys: self.state.config().agent.max_keys,
         })
     }
 }
@@ -158,55 +155,28 @@ impl Collector for MapCollector {
             MetricType::Counter,
         )?;
         for (name, totals) in interfaces() {
-            let verdicts = [
-                ("passed", totals.passed),
-                ("dropped", totals.dropped),
-                ("would_drop", totals.would_drop),
-                ("allowed", totals.allowed_by_rule),
-                ("denied", totals.denied_by_rule),
-                ("not_limited", totals.not_limited),
-                ("unparsed", totals.unparsed),
-            ];
-            for (verdict, value) in verdicts {
-                let labels = [("interface", name), ("verdict", verdict)];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            for (counter, value) in totals.iter() {
+                if let Export::Verdict(verdict) = export(counter) {
+                    let labels = [("interface", name), ("verdict", verdict)];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
-
-        let per_interface = |encoder: &mut DescriptorEncoder,
-                             name: &str,
-                             help: &str,
-                             value: fn(&Totals) -> u64|
-         -> Result<(), std::fmt::Error> {
+        for counter in Counter::ALL {
+            let Export::PerInterface(name, help) = export(counter) else {
+                continue;
+            };
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (iface, totals) in interfaces() {
                 let labels = [("interface", iface)];
-                ConstCounter::new(value(totals)).encode(family.encode_family(&labels)?)?;
+                ConstCounter::new(totals.get(counter)).encode(family.encode_family(&labels)?)?;
             }
-            Ok(())
-        };
-        per_interface(
-            &mut encoder,
-            "limiter_insert_failures",
-            "New keys the datapath could not track (bucket map full, nothing evictable); their \
-             packets were passed.",
-            |t| t.insert_failed,
-        )?;
-        per_interface(
-            &mut encoder,
-            "limiter_contention_drops",
-            "Packets dropped because their bucket's update lost to other CPUs on every retry.",
-            |t| t.contention_drops,
-        )?;
-        per_interface(
-            &mut encoder,
-            "limiter_new_keys_refused",
-            "First packets of new keys refused over [agent] new_keys_per_sec: dropped (or passed \
-             by dry run, among would_drop) and no key created.",
-            |t| t.new_keys_refused,
-        )?;
+        }
 
-        let evicted = snapshot.all.keys_created.saturating_sub(snapshot.tracked);
+        let evicted = snapshot
+            .all
+            .get(Counter::KeysCreated)
+            .saturating_sub(snapshot.tracked);
         let evicted = self
             .evicted_seen
             .fetch_max(evicted, Ordering::Relaxed)
@@ -271,6 +241,58 @@ impl Collector for MapCollector {
             family.encode_info(&labels)?;
         }
         Ok(())
+    }
+}
+
+/// How a datapath counter is exported.
+enum Export {
+    /// As `limiter_packets_total{verdict="…"}`.
+    Verdict(&'static str),
+    /// As a counter of its own, by interface: name (without `_total`) and help.
+    PerInterface(&'static str, &'static str),
+}
+
+/// Every counter is exported; a new one fails to compile here until it is given its place.
+fn export(counter: Counter) -> Export {
+    use Export::*;
+    match counter {
+        Counter::Passed => Verdict("passed"),
+        Counter::Dropped => Verdict("dropped"),
+        Counter::WouldDrop => Verdict("would_drop"),
+        Counter::AllowedByRule => Verdict("allowed"),
+        Counter::DeniedByRule => Verdict("denied"),
+        Counter::NotLimited => Verdict("not_limited"),
+        Counter::Unparsed => Verdict("unparsed"),
+        Counter::Unconfigured => PerInterface(
+            "limiter_unconfigured_packets",
+            "Packets that arrived before the agent configured the program; passed.",
+        ),
+        Counter::InsertFailed => PerInterface(
+            "limiter_insert_failures",
+            "New keys the datapath could not track (bucket map full, nothing evictable); their \
+             packets were passed.",
+        ),
+        Counter::KeysCreated => PerInterface(
+            "limiter_keys_created",
+            "Keys the datapath created (less the keys tracked: the keys evicted).",
+        ),
+        Counter::ContentionDrops => PerInterface(
+            "limiter_contention_drops",
+            "Packets dropped because their bucket's update lost to other CPUs on every retry.",
+        ),
+        Counter::EventsSuppressed => PerInterface(
+            "limiter_events_suppressed",
+            "Exhaustion events the datapath did not emit: over its per-CPU bound.",
+        ),
+        Counter::EventsLost => PerInterface(
+            "limiter_events_lost",
+            "Exhaustion events lost: the ring buffer was full.",
+        ),
+        Counter::NewKeysRefused => PerInterface(
+            "limiter_new_keys_refused",
+            "First packets of new keys refused over [agent] new_keys_per_sec: dropped (or passed \
+             by dry run, among would_drop) and no key created.",
+        ),
     }
 }
 

@@ -1,29 +1,36 @@
 //! `limiter agent`: loads and attaches the XDP program, applies the configuration, serves the
 //! API, and leaves the program attached with its state pinned when it exits.
+//!
+//! Inside, modules depend one way: the tasks (`server`, `metrics`, `events`, `expiry`,
+//! `turnover`) → `state` (what they share) → `datapath` (the kernel's maps) → `overrides`,
+//! `config` → `limiter-common`.
 
 mod attach;
-mod bpffs;
 pub mod config;
 mod datapath;
+mod error;
 mod events;
+mod expiry;
 mod metrics;
 mod overrides;
-mod pins;
 mod server;
+mod state;
+mod turnover;
 
 pub use attach::AttachMode;
-pub use pins::{detach, DEFAULT_PIN_PATH};
 
-use crate::api::InterfaceInfo;
+use crate::api::{InterfaceInfo, DEFAULT_API_SOCKET};
+use crate::pins::{self, DEFAULT_PIN_PATH};
 use anyhow::{bail, Context};
 use aya::programs::Xdp;
 use aya::EbpfLoader;
 use config::{Config, ConfigSource};
 use datapath::Datapath;
 use limiter_common::maps::{BUCKETS_MAP, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES};
+use state::AgentState;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -46,7 +53,7 @@ pub struct AgentArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
     /// Unix socket the API listens on.
-    #[arg(long, value_name = "PATH", default_value = crate::DEFAULT_API_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
     /// bpffs directory for the maps and links; mounted when it is not on a bpffs already.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
@@ -80,7 +87,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if args.ifaces.len() > MAX_INTERFACES as usize {
         bail!("at most {MAX_INTERFACES} interfaces per agent");
     }
-    bpffs::ensure_pin_dir(&args.pin_path)?;
+    pins::ensure_pin_dir(&args.pin_path)?;
     pins::check_pinned_maps(BPF_OBJECT, &args.pin_path, config.agent.max_keys)?;
     let loader = |slot: u32| {
         let mut loader = EbpfLoader::new();
@@ -99,7 +106,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // through it, and runs the reset program from it.
     let mut datapath = Datapath::new(loader(0)?)?;
     datapath.apply(&config)?;
-    datapath.set_overrides(server::resolved_overrides(&overrides, &config))?;
+    datapath.set_overrides(state::resolved_overrides(&overrides, &config))?;
 
     // One instance of the program per interface, sharing the pinned maps, each counting into
     // its own slot of COUNTERS.
@@ -124,19 +131,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Exhaustion events (the pinned ring buffer) and the program instances' log lines.
     let events = events::Events::take(&mut attachments)?;
 
-    let state = Arc::new(server::AgentState {
-        datapath: Mutex::new(datapath),
+    let state = Arc::new(AgentState::new(
+        datapath,
+        config,
+        source,
+        overrides,
         interfaces,
-        config_source: source,
-        overrides: Mutex::new(overrides),
-        pin_path: args.pin_path.clone(),
-        resets: std::sync::atomic::AtomicU64::new(0),
-        exhaustion_events: std::sync::atomic::AtomicU64::new(0),
-    });
+        args.pin_path.clone(),
+    ));
     tokio::spawn(reload_on_sighup(Arc::clone(&state)));
-    tokio::spawn(server::expire_overrides(Arc::clone(&state)));
+    tokio::spawn(expiry::expire_overrides(Arc::clone(&state)));
     metrics::spawn(metrics_listener, Arc::clone(&state));
     events.spawn(Arc::clone(&state));
+    turnover::spawn(&args.pin_path, state.watch_config())?;
     // Bound last: a connectable socket means the program is attached and every task has started
     // (tests rely on it).
     let listener = bind_api_socket(&args.api_socket)?;
@@ -187,7 +194,7 @@ fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// SIGHUP re-reads the config file, like `limiter reload`.
-async fn reload_on_sighup(state: Arc<server::AgentState>) {
+async fn reload_on_sighup(state: Arc<AgentState>) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; use `limiter reload`");
         return;
@@ -196,7 +203,7 @@ async fn reload_on_sighup(state: Arc<server::AgentState>) {
         info!("SIGHUP received: reloading the configuration");
         let state = Arc::clone(&state);
         // The outcome is logged by reload_config.
-        let _ = tokio::task::spawn_blocking(move || server::reload_config(&state)).await;
+        let _ = tokio::task::spawn_blocking(move || state.reload_config()).await;
     }
 }
 

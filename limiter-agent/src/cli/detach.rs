@@ -1,5 +1,5 @@
-use crate::agent::{detach, DEFAULT_PIN_PATH};
 use crate::exit::Failure;
+use crate::pins::{detach, DEFAULT_PIN_PATH};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

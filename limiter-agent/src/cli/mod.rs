@@ -10,6 +10,7 @@ mod status;
 mod table;
 pub mod top;
 
+use crate::api::{ErrorCode, DEFAULT_API_SOCKET};
 use crate::client::{ApiClient, ClientError};
 use crate::exit::Failure;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ pub use reset::ResetArgs;
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
     /// Unix socket of the agent's API.
-    #[arg(long, value_name = "PATH", default_value = crate::DEFAULT_API_SOCKET, env = "LIMITER_API_SOCKET")]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCKET, env = "LIMITER_API_SOCKET")]
     pub api_socket: PathBuf,
     /// Machine-readable JSON instead of a table.
     #[arg(long)]
@@ -48,19 +49,20 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 impl From<ClientError> for Failure {
+    /// The exit status follows the agent's error code.
     fn from(err: ClientError) -> Failure {
         match err {
             ClientError::NoAgent(_) | ClientError::PermissionDenied(_) => {
                 Failure::Unreachable(err.to_string())
             }
-            ClientError::Refused {
-                status: 404,
-                message,
-            } => Failure::NotTracked(message),
-            ClientError::Refused {
-                status: 400,
-                message,
-            } => Failure::Usage(message),
+            ClientError::Refused { code, message } => match code {
+                ErrorCode::BadRequest | ErrorCode::AmbiguousKey => Failure::Usage(message),
+                ErrorCode::NotTracked => Failure::NotTracked(message),
+                ErrorCode::NoSuchOverride => Failure::NoSuchOverride(message),
+                ErrorCode::ReloadRefused | ErrorCode::Internal | ErrorCode::Unknown => {
+                    Failure::Other(message)
+                }
+            },
             other => Failure::Other(other.to_string()),
         }
     }

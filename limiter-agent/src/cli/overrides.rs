@@ -2,7 +2,9 @@
 //! for incident response, above the configured rules.
 
 use super::{parse_key, print_json, table, ApiArgs};
-use crate::api::{OverrideInfo, OverrideQuery, OverrideRemoved, OverrideRequest, OVERRIDES_PATH};
+use crate::api::{
+    Action, OverrideInfo, OverrideQuery, OverrideRemoved, OverrideRequest, OVERRIDES_PATH,
+};
 use crate::exit::Failure;
 use std::time::Duration;
 
@@ -52,13 +54,13 @@ pub enum OverridesCommand {
 
 pub async fn add(
     args: OverrideArgs,
-    action: &str,
+    action: Action,
     limit: Option<(u64, u64)>,
 ) -> Result<(), Failure> {
     let cidr = parse_key(&args.cidr)?;
     let request = OverrideRequest {
         cidr: cidr.to_string(),
-        action: action.to_owned(),
+        action,
         rate: limit.map(|l| l.0),
         burst: limit.map(|l| l.1),
         ttl_ms: args.ttl.map(|t| t.as_millis() as u64),
@@ -103,7 +105,7 @@ pub async fn run(args: OverridesArgs) -> Result<(), Failure> {
             for o in &list {
                 out.add_row(vec![
                     o.cidr.clone(),
-                    o.action.clone(),
+                    o.action.to_string(),
                     match (o.rate, o.burst) {
                         (Some(rate), Some(burst)) => format!("{rate}/s, burst {burst}"),
                         _ => "-".to_owned(),
@@ -118,9 +120,9 @@ pub async fn run(args: OverridesArgs) -> Result<(), Failure> {
 }
 
 fn describe(info: &OverrideInfo) -> String {
-    let what = match (info.action.as_str(), info.rate, info.burst) {
-        ("limit", Some(rate), Some(burst)) => format!("limited to {rate}/s, burst {burst}"),
-        ("allow", ..) => "never limited".to_owned(),
+    let what = match (info.action, info.rate, info.burst) {
+        (Action::Limit, Some(rate), Some(burst)) => format!("limited to {rate}/s, burst {burst}"),
+        (Action::Allow, ..) => "never limited".to_owned(),
         _ => "every packet dropped".to_owned(),
     };
     format!("{what}, {}", expires(info.expires_in_ms))

@@ -1,6 +1,7 @@
 use super::{print_json, table::yes_no, ApiArgs};
 use crate::api::{Status, STATUS_PATH};
 use crate::exit::Failure;
+use limiter_common::maps::Counter;
 
 pub async fn run(args: ApiArgs) -> Result<(), Failure> {
     let status: Status = args.client().get(STATUS_PATH, &()).await?;
@@ -33,51 +34,25 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
             },
         ),
         ("exhausted keys", status.exhausted_keys.to_string()),
-        ("rules", status.rules.to_string()),
-        ("passed", exact_and_short(status.passed)),
-        ("dropped", exact_and_short(status.dropped)),
-        ("dry run", yes_no(status.dry_run).to_owned()),
-        (
-            "would drop",
-            format!("{} (let through by dry run)", status.would_drop),
-        ),
-        ("allowed by rule", status.allowed_by_rule.to_string()),
-        ("denied by rule", status.denied_by_rule.to_string()),
-        (
-            "not limited",
-            format!(
-                "{} (ARP, IPv6 neighbour discovery …; always passed)",
-                status.not_limited
-            ),
-        ),
-        (
-            "unparsed",
-            format!("{} (truncated or malformed; passed)", status.unparsed),
-        ),
         ("evicted keys", status.evicted_keys.to_string()),
-        ("insert failures", status.insert_failed.to_string()),
-        (
-            "contention",
-            format!(
-                "{} dropped after losing every retry to other CPUs",
-                status.contention_drops
-            ),
-        ),
-        (
-            "new keys refused",
-            format!(
-                "{} (first packets over new_keys_per_sec; no key created)",
-                status.new_keys_refused
-            ),
-        ),
+        ("rules", status.rules.to_string()),
+        ("dry run", yes_no(status.dry_run).to_owned()),
         ("pins", c.pin_path.clone()),
     ];
     for (name, value) in rows {
-        println!("{name:<17}{value}");
+        println!("{name:<18}{value}");
+    }
+    // Every datapath counter, in the order of the table that declares them.
+    for (counter, value) in status.counters.iter() {
+        let value = match (counter, counter.note()) {
+            (Counter::Passed | Counter::Dropped, _) => exact_and_short(value),
+            (_, "") => value.to_string(),
+            (_, note) => format!("{value} ({note})"),
+        };
+        println!("{:<18}{value}", counter.label());
     }
     Ok(())
 }
-
 /// "1234567 (1.23M)": exact for scripts that scrape, short for the eye.
 fn exact_and_short(n: u64) -> String {
     let short = super::table::count(n);

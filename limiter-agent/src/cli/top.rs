@@ -14,6 +14,7 @@ use crate::api::{
 use crate::client::{ApiClient, ClientError};
 use crate::exit::Failure;
 use limiter_common::key::Prefix;
+use limiter_common::maps::Counter;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::crossterm::terminal::{
@@ -274,7 +275,10 @@ impl Model {
 
     fn apply(&mut self, poll: Poll) {
         let at = poll.at;
-        let (passed, dropped) = (poll.status.passed, poll.status.dropped);
+        let (passed, dropped) = (
+            poll.status.counters.get(Counter::Passed),
+            poll.status.counters.get(Counter::Dropped),
+        );
         self.totals = Some(match self.totals {
             None => Seen::first(at, passed, dropped),
             Some(before) => {
@@ -392,8 +396,8 @@ async fn snapshot(args: &TopArgs, filter: Option<Prefix>) -> Result<(), Failure>
         interval_ms: args.interval.as_millis() as u64,
         tracked_keys: status.tracked_keys,
         exhausted_keys: status.exhausted_keys,
-        passed: status.passed,
-        dropped: status.dropped,
+        passed: status.counters.get(Counter::Passed),
+        dropped: status.counters.get(Counter::Dropped),
         passed_per_s: round(rates.map(|r| r.passed)),
         dropped_per_s: round(rates.map(|r| r.dropped)),
         keys: &model.keys,
@@ -1189,13 +1193,13 @@ fn totals_line(status: &Status, rates: Option<Rates>, width: usize) -> Line<'sta
             dim(" exhausted"),
             sep(),
             dim("passed "),
-            Span::raw(human_count(status.passed)),
+            Span::raw(human_count(status.counters.get(Counter::Passed))),
             dim(" ("),
             passed_rate.clone(),
             dim(")"),
             sep(),
             dim("dropped "),
-            Span::raw(human_count(status.dropped)),
+            Span::raw(human_count(status.counters.get(Counter::Dropped))),
             dim(" ("),
             dropped_rate.clone(),
             dim(")"),
@@ -1229,7 +1233,10 @@ fn totals_line(status: &Status, rates: Option<Rates>, width: usize) -> Line<'sta
         for spans in &mut candidates[..2] {
             spans.push(sep());
             spans.push(dim("would drop "));
-            spans.push(Span::styled(human_count(status.would_drop), YELLOW));
+            spans.push(Span::styled(
+                human_count(status.counters.get(Counter::WouldDrop)),
+                YELLOW,
+            ));
         }
     }
     pick_fitting(candidates, width)
@@ -1569,18 +1576,14 @@ mod tests {
             }],
             tracked_keys: 3,
             exhausted_keys: 2,
-            passed,
-            dropped,
             dry_run: false,
-            would_drop: 0,
-            allowed_by_rule: 0,
-            denied_by_rule: 0,
-            not_limited: 0,
-            unparsed: 0,
-            insert_failed: 0,
             evicted_keys: 0,
-            contention_drops: 0,
-            new_keys_refused: 0,
+            counters: {
+                let mut counters = crate::api::Counters::default();
+                counters.set(Counter::Passed, passed);
+                counters.set(Counter::Dropped, dropped);
+                counters
+            },
             rules: 0,
             config: ConfigInfo {
                 source: "/etc/limiter/limiter.toml".to_owned(),

@@ -1,6 +1,11 @@
 //! The agent's TOML configuration: parsing, validation with file and line, and the embedded
 //! default.
 
+mod webhook;
+
+pub use crate::api::Action;
+pub use webhook::WebhookUrl;
+
 use limiter_common::bucket::Limit;
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
@@ -12,7 +17,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 /// The configuration used when the agent gets no `--config`.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.toml");
 
 /// Where the configuration in force came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -72,14 +77,6 @@ pub struct Rule {
     pub burst: Option<NonZeroU64>,
     #[serde(default)]
     pub shared: bool,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Allow,
-    Deny,
-    Limit,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -317,7 +314,7 @@ impl Config {
             seen.push((rule, line));
         }
         if let Some(url) = &self.alerts.webhook {
-            if let Err(why) = super::events::WebhookUrl::parse(url) {
+            if let Err(why) = WebhookUrl::parse(url) {
                 return Err(invalid(
                     line_of(text, "webhook"),
                     format!("[alerts] webhook: {why}"),
@@ -491,7 +488,7 @@ mod tests {
 
     #[test]
     fn the_installed_example_is_valid_and_matches_the_defaults() {
-        let example = include_str!("../../../dist/limiter.toml");
+        let example = include_str!("../../../../dist/limiter.toml");
         let config = Config::parse(example, "dist/limiter.toml").unwrap();
         assert_eq!(config, Config::load(None).unwrap().0);
     }

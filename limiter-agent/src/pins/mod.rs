@@ -1,5 +1,10 @@
 //! What the agent keeps on the BPF filesystem, in one place: where the maps and links are pinned,
-//! whether pinned maps fit the program, and removing them (`limiter detach`).
+//! whether pinned maps fit the program, and removing them (`limiter detach`). A leaf that both
+//! the agent and the CLI (`limiter detach`, which needs no agent) use.
+
+mod bpffs;
+
+pub use bpffs::ensure_pin_dir;
 
 use anyhow::{bail, Context};
 use aya::maps::MapInfo;
@@ -104,7 +109,7 @@ pub struct DetachReport {
 /// Takes the program off `iface` by unpinning its link (the link goes with its last reference),
 /// and removes the pinned maps when no other interface is attached from `pin_path`.
 pub fn detach(iface: &str, pin_path: &Path) -> anyhow::Result<DetachReport> {
-    super::bpffs::ensure_pin_dir(pin_path)?;
+    ensure_pin_dir(pin_path)?;
     let pin = link_pin(pin_path, iface);
     if !pin.exists() {
         bail!(
