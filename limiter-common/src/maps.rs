@@ -234,7 +234,7 @@ counters! {
     /// Packets that could not be parsed (truncated, unknown, beyond the header bound); passed.
     Unparsed = 6, "unparsed", "unparsed", "truncated or malformed; passed";
     /// New keys that could not be inserted into the bucket map; passed (see the datapath).
-    InsertFailed = 7, "insert_failed", "insert failures", "new keys not tracked (map full); passed";
+    InsertFailed = 7, "insert_failed", "insert failures", "new keys not tracked: map full; passed";
     /// Keys created. Less the keys tracked now, it is how many the LRU map evicted.
     KeysCreated = 8, "keys_created", "keys created", "";
     /// Packets that arrived before the agent wrote a configuration; passed.
@@ -242,7 +242,7 @@ counters! {
     /// Packets dropped because their bucket's compare-and-swap lost to other CPUs every time.
     ContentionDrops = 10, "contention_drops", "contention", "dropped after losing every retry to other CPUs";
     /// Exhaustion events not emitted: over the per-CPU bound ([`EVENTS_PER_SEC_PER_CPU`]).
-    EventsSuppressed = 11, "events_suppressed", "events suppressed", "exhaustion events over the per-CPU bound";
+    EventsSuppressed = 11, "events_suppressed", "events skipped", "exhaustion events over the per-CPU bound";
     /// Exhaustion events lost: the ring buffer was full (the agent is not reading it fast enough).
     EventsLost = 12, "events_lost", "events lost", "exhaustion events lost to a full ring buffer";
     /// First packets of new keys refused, over `[agent] new_keys_per_sec`: dropped (or passed in

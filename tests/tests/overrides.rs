@@ -67,7 +67,7 @@ fn deny_stops_a_source_at_once_survives_a_restart_and_is_removed() {
         "overrides rm did not lift the deny"
     );
     let again = agent.cli(&["overrides", "rm", "198.18.0.10"]);
-    assert_eq!(again.code, 4, "{again:?}");
+    assert_eq!(again.code, 5, "{again:?}");
     assert!(
         again.stderr.contains("no override for 198.18.0.10/32"),
         "{}",

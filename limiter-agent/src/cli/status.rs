@@ -40,7 +40,7 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
         ("pins", c.pin_path.clone()),
     ];
     for (name, value) in rows {
-        println!("{name:<18}{value}");
+        println!("{name:<17}{value}");
     }
     // Every datapath counter, in the order of the table that declares them.
     for (counter, value) in status.counters.iter() {
@@ -49,7 +49,7 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
             (_, "") => value.to_string(),
             (_, note) => format!("{value} ({note})"),
         };
-        println!("{:<18}{value}", counter.label());
+        println!("{:<17}{value}", counter.label());
     }
     Ok(())
 }
