@@ -6,6 +6,9 @@ use limiter_common::maps::{Counter, COUNTER_SLOTS};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The longest `--ttl` an override takes (longer ones are refused, not wrapped).
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
 /// Where the agent's API listens unless told otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/run/limiter/limiter.sock";
 
@@ -37,6 +40,14 @@ pub struct InterfaceInfo {
     pub name: String,
     /// "native" or "skb".
     pub mode: String,
+    /// False once the program's link is gone (`limiter detach` while the agent runs): packets
+    /// on the interface are no longer limited.
+    #[serde(default = "attached_default")]
+    pub attached: bool,
+}
+
+fn attached_default() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -141,6 +152,8 @@ pub enum ErrorCode {
     NoSuchOverride,
     /// `reload`: the config file is refused, or the agent has none.
     ReloadRefused,
+    /// The datapath cannot hold more (rules or overrides of a family).
+    Capacity,
     /// Anything else: the agent could not do it (the message says why).
     Internal,
     /// A code this build does not know (from a newer agent).
@@ -155,6 +168,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::AmbiguousKey => 400,
             ErrorCode::NotTracked | ErrorCode::NoSuchOverride => 404,
             ErrorCode::ReloadRefused => 422,
+            ErrorCode::Capacity => 507,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }

@@ -1,14 +1,17 @@
 //! `limiter`: the agent (`limiter agent`) and the operator's CLI, in one binary.
 
 //!
-//! Modules depend one way: `main` → {`agent`, `cli`}; `cli` → {`api`, `client`, `exit`, `pins`};
-//! `agent` → {`api`, `pins`}; `api`, `exit` and `pins` are leaves (and `limiter-common` below all).
+//! Modules depend one way: `main` → {`agent`, `cli`}; `cli` → {`api`, `client`, `exit`, `object`,
+//! `pins`};
+//! `agent` → {`api`, `object`, `pins`}; `api`, `exit`, `object` and `pins` are leaves (and
+//! `limiter-common` below all).
 
 mod agent;
 mod api;
 mod cli;
 mod client;
 mod exit;
+mod object;
 mod pins;
 
 use api::Action;

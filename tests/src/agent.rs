@@ -238,6 +238,43 @@ impl Agent {
         &self.iface
     }
 
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The agent's `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Runs `limiter agent` in this agent's namespace on its interface with `args` (and nothing
+    /// else), for starts that must be refused: how it exited and what it said. An agent that
+    /// did start is stopped after `within`, and that is a failure of the caller's assertion.
+    pub fn run_other(&self, args: &[&str], within: Duration) -> CliOutput {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(crate::limiter_bin())
+            .args(["agent", "--iface", &self.iface])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting limiter agent");
+        let deadline = Instant::now() + within;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let out = child.wait_with_output().unwrap();
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Starts the agent process without waiting for its API (for starts that must fail).
     pub fn spawn_unchecked(&mut self) {
         assert!(self.child.is_none(), "the agent is running already");

@@ -11,6 +11,7 @@ mod datapath;
 mod error;
 mod events;
 mod expiry;
+mod link_watch;
 mod metrics;
 mod overrides;
 mod server;
@@ -19,7 +20,8 @@ mod turnover;
 
 pub use attach::AttachMode;
 
-use crate::api::{InterfaceInfo, DEFAULT_API_SOCKET};
+use crate::api::DEFAULT_API_SOCKET;
+use crate::object::{map_names, BPF_OBJECT};
 use crate::pins::{self, DEFAULT_PIN_PATH};
 use anyhow::{bail, Context};
 use aya::programs::Xdp;
@@ -27,8 +29,7 @@ use aya::EbpfLoader;
 use config::{Config, ConfigSource};
 use datapath::Datapath;
 use limiter_common::maps::{BUCKETS_MAP, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES};
-use state::AgentState;
-use std::os::unix::fs::PermissionsExt;
+use state::{AgentState, Interface};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
@@ -37,9 +38,6 @@ use tracing::info;
 
 /// Members of this group may use the API socket.
 const API_GROUP: &str = "limiter";
-
-/// The XDP object, built by build.rs.
-static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIMITER_BPF_OBJECT"));
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -88,6 +86,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         bail!("at most {MAX_INTERFACES} interfaces per agent");
     }
     pins::ensure_pin_dir(&args.pin_path)?;
+    pins::check_own_content(&args.pin_path, &map_names()?)?;
+    // Held until the agent exits: one agent per pin directory.
+    let _lock = pins::lock_pin_dir(&args.pin_path)?;
     pins::check_pinned_maps(BPF_OBJECT, &args.pin_path, config.agent.max_keys)?;
     let loader = |slot: u32| {
         let mut loader = EbpfLoader::new();
@@ -122,10 +123,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .load()
             .context("loading the XDP program into the kernel")?;
         let mode = attach::attach(program, iface, args.attach_mode, &args.pin_path)?;
-        interfaces.push(InterfaceInfo {
-            name: iface.clone(),
-            mode,
-        });
+        interfaces.push(Interface::new(iface.clone(), mode));
         attachments.push(ebpf);
     }
     // Exhaustion events (the pinned ring buffer) and the program instances' log lines.
@@ -144,6 +142,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     metrics::spawn(metrics_listener, Arc::clone(&state));
     events.spawn(Arc::clone(&state));
     turnover::spawn(&args.pin_path, state.watch_config())?;
+    tokio::spawn(link_watch::watch_links(Arc::clone(&state)));
     // Bound last: a connectable socket means the program is attached and every task has started
     // (tests rely on it).
     let listener = bind_api_socket(&args.api_socket)?;
@@ -152,10 +151,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The program instances stay loaded while the agent runs (the pinned links keep them
     // attached after it exits).
     let _attachments = attachments;
+    let app = app.into_make_service_with_connect_info::<server::Caller>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    let _ = std::fs::remove_file(&args.api_socket);
+    let _ = remove_socket(&args.api_socket);
     result.context("serving the API")?;
     info!(pin_path = %args.pin_path.display(), "exiting; the program stays attached and its state pinned");
     Ok(())
@@ -172,25 +172,60 @@ fn refuse_if_agent_running(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the API socket, replacing a stale one left by an agent that was killed.
+/// Binds the API socket, replacing a stale one left by an agent that was killed. As root it
+/// touches only sockets and never follows a symlink: anything else at the path is refused.
 fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
     refuse_if_agent_running(path)?;
-    if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    if !remove_socket(path)? {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            bail!(
+                "{} exists and is not a socket ({}): refusing to replace it — remove it, or \
+                 give the agent another --api-socket",
+                path.display(),
+                if meta.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a file"
+                }
+            );
+        }
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    // Root and, when the group exists, members of `limiter` may use the API; nobody else.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    // Root and, when the group exists, members of `limiter` may use the API; nobody else. The
+    // mode comes from the umask at bind time: a chmod after it would follow whatever replaced
+    // the socket by then.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    let listener = listener.with_context(|| format!("listening on {}", path.display()))?;
     if let Ok(Some(group)) = nix::unistd::Group::from_name(API_GROUP) {
-        nix::unistd::chown(path, None, Some(group.gid))
-            .with_context(|| format!("giving {} to group {API_GROUP}", path.display()))?;
+        nix::unistd::fchownat(
+            None,
+            path,
+            None,
+            Some(group.gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("giving {} to group {API_GROUP}", path.display()))?;
     }
     Ok(listener)
+}
+
+/// Removes `path` if it is a socket; whether it did.
+fn remove_socket(path: &Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// SIGHUP re-reads the config file, like `limiter reload`.

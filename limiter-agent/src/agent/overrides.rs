@@ -2,12 +2,14 @@
 //! once above the configured rules, kept across agent restarts in a state file written
 //! atomically, and lapsing by themselves when they have a TTL.
 
-use super::config::{rule_id, Action, ResolvedRule};
+use super::config::{check_limit, rule_id, Action, ResolvedRule};
 use anyhow::Context;
 use limiter_common::bucket::Limit;
 use limiter_common::key::Prefix;
+use limiter_common::maps::MAX_RULES;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,6 +71,18 @@ impl Override {
         }
     }
 
+    /// Why the override cannot be enforced as it is, if it cannot (a state file edited by hand).
+    pub fn check(&self) -> Result<(), String> {
+        match (self.action, self.rate, self.burst) {
+            (Action::Limit, Some(rate), Some(burst)) if rate > 0 && burst > 0 => {
+                check_limit(rate, burst)
+            }
+            (Action::Limit, ..) => Err("a limit needs rate and burst, both at least 1".to_owned()),
+            (_, None, None) => Ok(()),
+            (action, ..) => Err(format!("rate and burst go only with a limit, not {action}")),
+        }
+    }
+
     /// Milliseconds left before it lapses, if it has a TTL.
     pub fn expires_in_ms(&self, now_ms: u64) -> Option<u64> {
         self.expires_at_ms.map(|at| at.saturating_sub(now_ms))
@@ -85,25 +99,61 @@ pub fn now_ms() -> u64 {
 pub struct OverrideStore {
     path: PathBuf,
     items: Vec<Override>,
+    /// The file lags behind `items` (a save after overrides lapsed failed).
+    pub unsaved: bool,
 }
 
 impl OverrideStore {
-    /// Reads `<state_dir>/overrides.json` (none yet: no overrides), dropping lapsed ones.
+    /// Reads `<state_dir>/overrides.json` (none yet: no overrides), dropping lapsed ones. A file
+    /// the datapath could not enforce as written is refused whole, naming the entry.
     pub fn load(state_dir: &Path) -> anyhow::Result<OverrideStore> {
         let path = state_dir.join(STATE_FILE);
+        let invalid = |why: String| {
+            anyhow::anyhow!(
+                "{} is not a valid overrides file: {why}; fix or remove it (its overrides are \
+                 lost then)",
+                path.display()
+            )
+        };
         let items: Vec<Override> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} is not a valid overrides file; fix or remove it (its overrides are lost then)",
-                    path.display()
-                )
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| invalid(err.to_string()))?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
         };
-        let mut store = OverrideStore { path, items };
+        for item in &items {
+            item.check()
+                .map_err(|why| invalid(format!("the override of {}: {why}", item.cidr)))?;
+        }
+        let mut store = OverrideStore {
+            path: path.clone(),
+            items: Vec::new(),
+            unsaved: false,
+        };
+        for item in items {
+            store.upsert(item);
+        }
+        store.check_capacity().map_err(invalid)?;
         store.expire(now_ms());
         Ok(store)
+    }
+
+    /// Refuses more overrides of a family than the datapath's trie holds.
+    pub fn check_capacity(&self) -> Result<(), String> {
+        for (family, v4) in [("IPv4", true), ("IPv6", false)] {
+            let count = self.items.iter().filter(|o| o.cidr.is_ipv4() == v4).count();
+            if count > MAX_RULES as usize {
+                return Err(format!(
+                    "{count} {family} overrides: the datapath holds at most {MAX_RULES}; remove \
+                     some (`limiter overrides rm`) or cover them with a wider CIDR"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back a list taken with `list().to_vec()` (after a change that failed).
+    pub fn restore(&mut self, items: Vec<Override>) {
+        self.items = items;
     }
 
     pub fn list(&self) -> &[Override] {
@@ -139,10 +189,18 @@ impl OverrideStore {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = self.path.with_extension("json.tmp");
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(&self.items)?)?;
-        file.sync_all()?;
+        // Not world-readable: who is allowed or denied is the operator's business.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(&serde_json::to_vec_pretty(&self.items)?)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.path)
             .with_context(|| format!("replacing {}", self.path.display()))?;
         Ok(())

@@ -7,10 +7,12 @@ use super::error::AgentError;
 use super::overrides::{self, Override};
 use super::state::AgentState;
 use crate::api::*;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use limiter_common::key::Prefix;
 use std::num::NonZeroU64;
@@ -18,6 +20,29 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 type Shared = Arc<AgentState>;
+
+/// Who is calling: the peer credentials of the connection, logged with every change.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    /// None where the kernel does not say.
+    pub pid: i32,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Caller {
+        match stream.io().peer_cred() {
+            Ok(cred) => Caller {
+                uid: cred.uid(),
+                pid: cred.pid().unwrap_or(-1),
+            },
+            Err(_) => Caller {
+                uid: u32::MAX,
+                pid: -1,
+            },
+        }
+    }
+}
 
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -60,7 +85,7 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, AgentError>
         let config = state.config();
         let limits = &config.limits;
         Ok(Json(Status {
-            interfaces: state.interfaces.clone(),
+            interfaces: state.interfaces.iter().map(|i| i.info()).collect(),
             tracked_keys: tracked,
             exhausted_keys: exhausted,
             dry_run: limits.dry_run,
@@ -190,6 +215,7 @@ async fn inspect(
 
 async fn reset(
     State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
     request: Result<Json<ResetRequest>, JsonRejection>,
 ) -> Result<Json<ResetResponse>, AgentError> {
     let Json(request) = request?;
@@ -235,13 +261,25 @@ async fn reset(
             .filter(|(_, hit)| !hit)
             .map(|(w, _)| w.to_string())
             .collect();
-        tracing::info!(reset, "reset keys");
+        tracing::info!(
+            reset,
+            keys = request.keys.len(),
+            exhausted = request.exhausted,
+            all = request.all,
+            uid = caller.uid,
+            pid = caller.pid,
+            "reset keys"
+        );
         Ok(Json(ResetResponse { reset, not_tracked }))
     })
     .await
 }
 
-async fn reload(State(state): State<Shared>) -> Result<Json<ReloadResponse>, AgentError> {
+async fn reload(
+    State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+) -> Result<Json<ReloadResponse>, AgentError> {
+    tracing::info!(uid = caller.uid, pid = caller.pid, "reload asked");
     blocking(&state, |state| state.reload_config().map(Json)).await
 }
 
@@ -264,9 +302,19 @@ async fn list_overrides(State(state): State<Shared>) -> Json<Vec<OverrideInfo>> 
 
 async fn add_override(
     State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
     request: Result<Json<OverrideRequest>, JsonRejection>,
 ) -> Result<Json<OverrideInfo>, AgentError> {
     let Json(request) = request?;
+    if request
+        .ttl_ms
+        .is_some_and(|ttl| ttl > MAX_TTL.as_millis() as u64)
+    {
+        return Err(AgentError::bad_request(format!(
+            "a TTL of at most {} (without one, an override stays until removed)",
+            humantime::format_duration(MAX_TTL)
+        )));
+    }
     let cidr = parse_key(&request.cidr)?;
     let action = request.action;
     let (rate, burst) = match (action, request.rate, request.burst) {
@@ -291,17 +339,18 @@ async fn add_override(
         created_at_ms: now,
     };
     blocking(&state, move |state| {
-        let mut store = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
-        let before = store.list().to_vec();
-        store.upsert(item.clone());
-        if let Err(err) = state.commit_overrides(&store) {
-            for o in store.list().to_vec() {
-                store.remove(&o.cidr);
-            }
-            before.into_iter().for_each(|o| store.upsert(o));
-            return Err(err);
-        }
-        tracing::info!(cidr = %item.cidr, action = %item.action, ttl_ms = ?request.ttl_ms, "override added");
+        state.change_overrides(|store| {
+            store.upsert(item.clone());
+            Ok(())
+        })?;
+        tracing::info!(
+            cidr = %item.cidr,
+            action = %item.action,
+            ttl_ms = ?request.ttl_ms,
+            uid = caller.uid,
+            pid = caller.pid,
+            "override added"
+        );
         Ok(Json(override_info(&item, now)))
     })
     .await
@@ -309,24 +358,20 @@ async fn add_override(
 
 async fn remove_override(
     State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
     query: Result<Query<OverrideQuery>, QueryRejection>,
 ) -> Result<Json<OverrideRemoved>, AgentError> {
     let Query(query) = query?;
     let cidr = parse_key(&query.cidr)?;
     blocking(&state, move |state| {
-        let mut store = state.overrides.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(old) = store.list().iter().find(|o| o.cidr == cidr).cloned() else {
-            return Err(AgentError::new(
+        state.change_overrides(|store| match store.remove(&cidr) {
+            true => Ok(()),
+            false => Err(AgentError::new(
                 ErrorCode::NoSuchOverride,
                 format!("there is no override for {cidr} (see `limiter overrides`)"),
-            ));
-        };
-        store.remove(&cidr);
-        if let Err(err) = state.commit_overrides(&store) {
-            store.upsert(old);
-            return Err(err);
-        }
-        tracing::info!(%cidr, "override removed");
+            )),
+        })?;
+        tracing::info!(%cidr, uid = caller.uid, pid = caller.pid, "override removed");
         Ok(Json(OverrideRemoved { removed: 1 }))
     })
     .await

@@ -5,10 +5,10 @@
 use super::config::{Config, ConfigSource, ResolvedRule};
 use super::datapath::Datapath;
 use super::error::AgentError;
-use super::overrides::OverrideStore;
+use super::overrides::{Override, OverrideStore};
 use crate::api::{ErrorCode, InterfaceInfo, ReloadResponse};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -17,7 +17,7 @@ pub struct AgentState {
     /// The configuration in force, published on every reload.
     config: watch::Sender<Arc<Config>>,
     /// Attached interfaces; an interface's counter slot is its index here.
-    pub interfaces: Vec<InterfaceInfo>,
+    pub interfaces: Vec<Interface>,
     /// Where the configuration comes from.
     pub config_source: ConfigSource,
     /// Runtime overrides; lock before `datapath` when both are needed.
@@ -29,6 +29,33 @@ pub struct AgentState {
     pub exhaustion_events: AtomicU64,
 }
 
+/// An interface the agent attached the program to.
+pub struct Interface {
+    pub name: String,
+    /// "native" or "skb".
+    pub mode: String,
+    /// Cleared when the program's pinned link disappears (see `link_watch`).
+    pub attached: AtomicBool,
+}
+
+impl Interface {
+    pub fn new(name: String, mode: String) -> Interface {
+        Interface {
+            name,
+            mode,
+            attached: AtomicBool::new(true),
+        }
+    }
+
+    pub fn info(&self) -> InterfaceInfo {
+        InterfaceInfo {
+            name: self.name.clone(),
+            mode: self.mode.clone(),
+            attached: self.attached.load(Ordering::Relaxed),
+        }
+    }
+}
+
 impl AgentState {
     /// `datapath` has `config` applied.
     pub fn new(
@@ -36,7 +63,7 @@ impl AgentState {
         config: Config,
         config_source: ConfigSource,
         overrides: OverrideStore,
-        interfaces: Vec<InterfaceInfo>,
+        interfaces: Vec<Interface>,
         pin_path: PathBuf,
     ) -> AgentState {
         AgentState {
@@ -111,13 +138,68 @@ impl AgentState {
         })
     }
 
-    /// Applies the store's overrides to the datapath and saves them; on failure the datapath
-    /// keeps what it had and the caller puts the store back.
-    pub fn commit_overrides(&self, store: &OverrideStore) -> Result<(), AgentError> {
-        let mut datapath = self.datapath();
+    /// Changes the overrides with `change`, then enforces and saves the result — or, when the
+    /// datapath cannot hold it or the file cannot be written, puts back what was enforced and
+    /// saved before: what is saved is always what is enforced.
+    pub fn change_overrides<T>(
+        &self,
+        change: impl FnOnce(&mut OverrideStore) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        let mut store = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let before = store.list().to_vec();
+        let done = change(&mut store)?;
+        let result = store
+            .check_capacity()
+            .map_err(|why| AgentError::new(ErrorCode::Capacity, why))
+            .and_then(|()| self.enforce_overrides(&store))
+            .and_then(|()| Ok(store.save()?));
+        if let Err(err) = result {
+            store.restore(before);
+            if let Err(again) = self.enforce_overrides(&store) {
+                tracing::error!("putting back the overrides in force: {again}");
+            }
+            return Err(err);
+        }
+        Ok(done)
+    }
+
+    /// Lifts the overrides that lapsed by `now_ms`: enforced at once; the file follows, and
+    /// when it cannot be written (a full disk), the next call tries again — an override
+    /// lapses on time all the same. The lapsed ones, once enforced.
+    pub fn expire_overrides(&self, now_ms: u64) -> Result<Vec<Override>, AgentError> {
+        let mut store = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        let lapsed = store.expire(now_ms);
+        if !lapsed.is_empty() {
+            if let Err(err) = self.enforce_overrides(&store) {
+                lapsed.iter().cloned().for_each(|o| store.upsert(o));
+                return Err(err);
+            }
+        }
+        if !lapsed.is_empty() || store.unsaved {
+            match store.save() {
+                Ok(()) => {
+                    if store.unsaved {
+                        tracing::info!("the overrides file is written again");
+                    }
+                    store.unsaved = false;
+                }
+                Err(err) if !store.unsaved => {
+                    store.unsaved = true;
+                    tracing::error!(
+                        "saving the overrides after some lapsed: {err:#}; they are lifted, and \
+                         saving is retried"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(lapsed)
+    }
+
+    /// Makes the datapath enforce the store's overrides.
+    fn enforce_overrides(&self, store: &OverrideStore) -> Result<(), AgentError> {
         let resolved = resolved_overrides(store, &self.config());
-        store.save()?;
-        Ok(datapath.set_overrides(resolved)?)
+        Ok(self.datapath().set_overrides(resolved)?)
     }
 }
 

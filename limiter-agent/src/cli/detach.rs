@@ -1,4 +1,5 @@
 use crate::exit::Failure;
+use crate::object::map_names;
 use crate::pins::{detach, DEFAULT_PIN_PATH};
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ pub struct DetachArgs {
 }
 
 pub fn run(args: DetachArgs) -> Result<(), Failure> {
-    let report = detach(&args.iface, &args.pin_path)?;
+    let report = detach(&args.iface, &args.pin_path, &map_names()?)?;
     if args.json {
         return super::print_json(&report);
     }
@@ -26,6 +27,12 @@ pub fn run(args: DetachArgs) -> Result<(), Failure> {
             "no interface is left attached: removed the pinned maps under {} (buckets and counters)",
             args.pin_path.display()
         );
+        if !report.kept.is_empty() {
+            println!(
+                "kept what limiter did not make there: {}",
+                report.kept.join(", ")
+            );
+        }
     } else {
         println!(
             "still attached to {}: the pinned maps under {} are kept",

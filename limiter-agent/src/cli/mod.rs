@@ -59,9 +59,10 @@ impl From<ClientError> for Failure {
                 ErrorCode::BadRequest | ErrorCode::AmbiguousKey => Failure::Usage(message),
                 ErrorCode::NotTracked => Failure::NotTracked(message),
                 ErrorCode::NoSuchOverride => Failure::NoSuchOverride(message),
-                ErrorCode::ReloadRefused | ErrorCode::Internal | ErrorCode::Unknown => {
-                    Failure::Other(message)
-                }
+                ErrorCode::ReloadRefused
+                | ErrorCode::Capacity
+                | ErrorCode::Internal
+                | ErrorCode::Unknown => Failure::Other(message),
             },
             other => Failure::Other(other.to_string()),
         }

@@ -3,7 +3,7 @@
 
 use super::{parse_key, print_json, table, ApiArgs};
 use crate::api::{
-    Action, OverrideInfo, OverrideQuery, OverrideRemoved, OverrideRequest, OVERRIDES_PATH,
+    Action, OverrideInfo, OverrideQuery, OverrideRemoved, OverrideRequest, MAX_TTL, OVERRIDES_PATH,
 };
 use crate::exit::Failure;
 use std::time::Duration;
@@ -58,6 +58,12 @@ pub async fn add(
     limit: Option<(u64, u64)>,
 ) -> Result<(), Failure> {
     let cidr = parse_key(&args.cidr)?;
+    if args.ttl.is_some_and(|ttl| ttl > MAX_TTL) {
+        return Err(Failure::Usage(format!(
+            "--ttl takes at most {}; without it, an override stays until `limiter overrides rm`",
+            humantime::format_duration(MAX_TTL)
+        )));
+    }
     let request = OverrideRequest {
         cidr: cidr.to_string(),
         action,

@@ -11,7 +11,10 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
     let interfaces: Vec<String> = status
         .interfaces
         .iter()
-        .map(|i| format!("{} ({})", i.name, i.mode))
+        .map(|i| match i.attached {
+            true => format!("{} ({})", i.name, i.mode),
+            false => format!("{} (DETACHED: not limited; restart the agent)", i.name),
+        })
         .collect();
     let c = &status.config;
     let rows = [

@@ -1573,6 +1573,7 @@ mod tests {
             interfaces: vec![InterfaceInfo {
                 name: "eth0".to_owned(),
                 mode: "native".to_owned(),
+                attached: true,
             }],
             tracked_keys: 3,
             exhausted_keys: 2,

@@ -1,6 +1,6 @@
 //! Making sure the pin directory is on a BPF filesystem, mounting one where needed.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::statfs;
 use std::path::Path;
@@ -31,6 +31,19 @@ pub fn ensure_pin_dir(pin_path: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("creating the pin directory {}", pin_path.display()))?;
             pin_path
         };
+        // A mount hides what the directory holds (say --pin-path /var/lib/limiter, the
+        // overrides' state): only an empty one is mounted over.
+        let hidden = std::fs::read_dir(mount_point)
+            .with_context(|| format!("reading {}", mount_point.display()))?
+            .count();
+        if hidden > 0 {
+            bail!(
+                "{} is not on a BPF filesystem and is not empty: mounting one there would hide \
+                 its {hidden} entries. Give --pin-path a directory under {SYS_FS_BPF}, an empty \
+                 directory, or one on a bpffs",
+                mount_point.display()
+            );
+        }
         mount(
             Some("bpf"),
             mount_point,

@@ -3,8 +3,10 @@
 //! the agent and the CLI (`limiter detach`, which needs no agent) use.
 
 mod bpffs;
+mod lock;
 
 pub use bpffs::ensure_pin_dir;
+pub use lock::lock_pin_dir;
 
 use anyhow::{bail, Context};
 use aya::maps::MapInfo;
@@ -21,8 +23,11 @@ pub fn link_pin(pin_path: &Path, iface: &str) -> PathBuf {
     links_dir(pin_path).join(iface)
 }
 
+/// The directory of the interfaces' links, under the pin directory.
+const LINKS_DIR: &str = "links";
+
 fn links_dir(pin_path: &Path) -> PathBuf {
-    pin_path.join("links")
+    pin_path.join(LINKS_DIR)
 }
 
 /// Checks that the maps pinned under `pin_path` by an earlier agent have the type, key and value
@@ -104,11 +109,45 @@ pub struct DetachReport {
     pub state_removed: bool,
     /// Interfaces still attached from the same pin path.
     pub still_attached: Vec<String>,
+    /// Entries of the pin directory limiter did not make, left alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+}
+
+/// Refuses a pin directory that holds entries limiter does not make there (another tool's pins,
+/// the root of a bpffs): sharing it would mix up, or later remove, what is not limiter's.
+pub fn check_own_content(pin_path: &Path, map_names: &[String]) -> anyhow::Result<()> {
+    let foreign = foreign_entries(pin_path, map_names)?;
+    if !foreign.is_empty() {
+        bail!(
+            "{} holds entries limiter did not make ({}): give limiter a directory of its own, \
+             such as {DEFAULT_PIN_PATH}",
+            pin_path.display(),
+            foreign.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The entries of `pin_path` that are neither a map of the program nor `links/`.
+fn foreign_entries(pin_path: &Path, map_names: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut foreign = Vec::new();
+    for entry in std::fs::read_dir(pin_path)
+        .with_context(|| format!("reading the pin directory {}", pin_path.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != LINKS_DIR && !map_names.contains(&name) {
+            foreign.push(name);
+        }
+    }
+    foreign.sort();
+    Ok(foreign)
 }
 
 /// Takes the program off `iface` by unpinning its link (the link goes with its last reference),
-/// and removes the pinned maps when no other interface is attached from `pin_path`.
-pub fn detach(iface: &str, pin_path: &Path) -> anyhow::Result<DetachReport> {
+/// and removes the pinned maps (those named `map_names`, nothing else) when no other interface
+/// is attached from `pin_path`.
+pub fn detach(iface: &str, pin_path: &Path, map_names: &[String]) -> anyhow::Result<DetachReport> {
     ensure_pin_dir(pin_path)?;
     let pin = link_pin(pin_path, iface);
     if !pin.exists() {
@@ -134,13 +173,30 @@ pub fn detach(iface: &str, pin_path: &Path) -> anyhow::Result<DetachReport> {
         })
         .unwrap_or_default();
     let state_removed = still_attached.is_empty();
+    let mut kept = Vec::new();
     if state_removed {
-        std::fs::remove_dir_all(pin_path)
-            .with_context(|| format!("removing {}", pin_path.display()))?;
+        for name in map_names {
+            let pin = pin_path.join(name);
+            // Unpinning a map is removing its name; the map goes with its last reference.
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("unpinning {}", pin.display()))
+                }
+            }
+        }
+        // Directories only when empty: whatever someone else put there stays.
+        let _ = std::fs::remove_dir(links_dir(pin_path));
+        kept = foreign_entries(pin_path, map_names)?;
+        if kept.is_empty() {
+            let _ = std::fs::remove_dir(pin_path);
+        }
     }
     Ok(DetachReport {
         interface: iface.to_owned(),
         state_removed,
         still_attached,
+        kept,
     })
 }

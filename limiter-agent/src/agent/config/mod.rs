@@ -6,11 +6,11 @@ mod webhook;
 pub use crate::api::Action;
 pub use webhook::WebhookUrl;
 
-use limiter_common::bucket::Limit;
+use limiter_common::bucket::{Limit, NANOS_PER_SEC};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
     DatapathConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, CONFIG_DRY_RUN, CONFIG_HAS_RULES_V4,
-    CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID,
+    CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID, MAX_RULES,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use std::num::NonZeroU64;
@@ -313,6 +313,19 @@ impl Config {
             }
             seen.push((rule, line));
         }
+        for (family, v4) in [("IPv4", true), ("IPv6", false)] {
+            let count = self
+                .rules
+                .iter()
+                .filter(|r| r.get_ref().cidr.is_ipv4() == v4)
+                .count();
+            if count > MAX_RULES as usize {
+                return Err(invalid(
+                    line_of(text, "[[rules]]"),
+                    format!("{count} {family} rules: the datapath holds at most {MAX_RULES}"),
+                ));
+            }
+        }
         if let Some(url) = &self.alerts.webhook {
             if let Err(why) = WebhookUrl::parse(url) {
                 return Err(invalid(
@@ -389,6 +402,12 @@ impl Config {
 /// Refuses a burst the datapath could not represent: the bucket holds `burst / rate` seconds
 /// of credit in a 64-bit count of nanoseconds (about 584 years).
 pub fn check_limit(rate: u64, burst: u64) -> Result<(), String> {
+    // One packet per nanosecond is the finest interval the bucket represents.
+    if rate > NANOS_PER_SEC {
+        return Err(format!(
+            "rate {rate}/s is more than the bucket can represent (at most {NANOS_PER_SEC}/s)"
+        ));
+    }
     let limit = Limit::new(rate, burst);
     if limit.burst() != burst {
         return Err(format!(
@@ -567,7 +586,7 @@ mod tests {
             (
                 "[alerts]\nwebhook = \"https://127.0.0.1:9/x\"\n".to_owned(),
                 "line 2",
-                "webhook: \"https://127.0.0.1:9/x\": https is not supported",
+                "webhook: \"https://127.0.0.1:9/…\": https is not supported",
             ),
         ];
         for (text, line, what) in cases {

@@ -13,34 +13,37 @@ pub struct WebhookUrl {
     pub authority: String,
     /// Path and query.
     pub path: String,
-    text: String,
+    /// The URL as logged: scheme and authority, the path (which may carry a token) elided.
+    shown: String,
 }
 
 impl WebhookUrl {
     /// Parses and checks a webhook URL; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<WebhookUrl, String> {
+        // Errors name the URL without its path and credentials, which may carry a token.
+        let shown = redact(text);
         let uri: Uri = text.parse().map_err(|err| {
-            format!("{text:?} is not a URL ({err}); expected http://HOST:PORT/PATH")
+            format!("{shown:?} is not a URL ({err}); expected http://HOST:PORT/PATH")
         })?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => {
                 return Err(format!(
-                "{text:?}: https is not supported; give an http:// URL (a local relay can add TLS)"
+                "{shown:?}: https is not supported; give an http:// URL (a local relay can add TLS)"
             ))
             }
             _ => {
                 return Err(format!(
-                    "{text:?}: expected an http:// URL, such as http://127.0.0.1:9000/limiter"
+                    "{shown:?}: expected an http:// URL, such as http://127.0.0.1:9000/limiter"
                 ))
             }
         }
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("{text:?}: no host; expected http://HOST:PORT/PATH"))?;
+            .ok_or_else(|| format!("{shown:?}: no host; expected http://HOST:PORT/PATH"))?;
         if authority.as_str().contains('@') {
             return Err(format!(
-                "{text:?}: user information in the URL is not supported"
+                "{shown:?}: user information in the URL is not supported"
             ));
         }
         let host = authority
@@ -48,7 +51,9 @@ impl WebhookUrl {
             .trim_start_matches('[')
             .trim_end_matches(']');
         if host.is_empty() {
-            return Err(format!("{text:?}: no host; expected http://HOST:PORT/PATH"));
+            return Err(format!(
+                "{shown:?}: no host; expected http://HOST:PORT/PATH"
+            ));
         }
         // What follows the last colon, unless that colon is inside an IPv6 address.
         let port = match authority.as_str().rsplit_once(':') {
@@ -56,7 +61,7 @@ impl WebhookUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|port| *port != 0)
-                .ok_or_else(|| format!("{text:?}: {port:?} is not a port (1 to 65535)"))?,
+                .ok_or_else(|| format!("{shown:?}: {port:?} is not a port (1 to 65535)"))?,
             _ => 80,
         };
         Ok(WebhookUrl {
@@ -66,15 +71,35 @@ impl WebhookUrl {
             path: uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            text: text.to_owned(),
+            shown,
         })
     }
 }
 
 impl fmt::Display for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.shown)
     }
+}
+
+/// `http://user:secret@host:9000/hook?token=x` → `http://host:9000/…`: what may be logged of a
+/// URL.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let elided = if end < rest.len() && &rest[end..] != "/" {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}{host}{elided}")
 }
 
 #[cfg(test)]
@@ -112,5 +137,16 @@ mod tests {
             let err = WebhookUrl::parse(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_webhook_url_is_shown_without_its_path_or_credentials() {
+        let url = WebhookUrl::parse("http://127.0.0.1:9000/hook/s3cr3t?token=t0k3n").unwrap();
+        assert_eq!(url.to_string(), "http://127.0.0.1:9000/…");
+        let err = WebhookUrl::parse("http://user:s3cr3t@127.0.0.1/x?token=t0k3n").unwrap_err();
+        assert!(!err.contains("s3cr3t") && !err.contains("t0k3n"), "{err}");
+        let err = WebhookUrl::parse("https://127.0.0.1/hook/s3cr3t").unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert_eq!(redact("http://alerts.example"), "http://alerts.example");
     }
 }

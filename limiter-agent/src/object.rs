@@ -1,0 +1,12 @@
+//! The XDP object, built by build.rs and embedded in the binary, and the names it declares.
+
+/// The object's bytes (ELF).
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LIMITER_BPF_OBJECT"));
+
+/// The names of the object's maps: what the agent may pin under `--pin-path`, and the only
+/// entries there (with `links/`) that limiter ever removes.
+pub fn map_names() -> anyhow::Result<Vec<String>> {
+    let object = aya_obj::Object::parse(BPF_OBJECT)
+        .map_err(|err| anyhow::anyhow!("parsing the embedded XDP object: {err}"))?;
+    Ok(object.maps.keys().cloned().collect())
+}

@@ -1,0 +1,328 @@
+//! The agent as an attacker and a tired operator would find it: one agent per pin directory,
+//! files that are not its own left alone, what is saved always what is enforced, every change
+//! logged with who made it, and no secret in the log.
+
+use limiter_tests::agent::{limiter, Agent};
+use limiter_tests::netns::TestNet;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = "[limits]\nrate = 1\nburst = 5\n";
+
+/// Waits up to 5 s for `done`.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 5 s: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn counter(agent: &Agent, name: &str) -> u64 {
+    agent.json(&["status"])[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no {name}"))
+}
+
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused_naming_the_first() {
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(&net, Some(CONFIG));
+    let other_socket = agent.dir.join("other.sock");
+    let out = agent.run_other(
+        &[
+            "--pin-path",
+            agent.pin_path.to_str().unwrap(),
+            "--api-socket",
+            other_socket.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_ne!(out.code, 0, "a second agent started: {out:?}");
+    let pid = agent.pid().unwrap();
+    assert!(
+        out.stderr.contains("another limiter agent") && out.stderr.contains(&format!("pid {pid}")),
+        "{}",
+        out.stderr
+    );
+    // The first one is untouched.
+    assert_eq!(agent.json(&["status"])["interfaces"][0]["attached"], true);
+}
+
+#[test]
+fn detach_under_a_running_agent_is_noticed_and_said() {
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(&net, Some(CONFIG));
+    let out = limiter(&[
+        "detach",
+        "--iface",
+        agent.iface(),
+        "--pin-path",
+        agent.pin_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually("status shows the interface detached", || {
+        agent.json(&["status"])["interfaces"][0]["attached"] == false
+    });
+    assert!(
+        agent.cli(&["status"]).stdout.contains("DETACHED"),
+        "the table does not say it"
+    );
+    assert!(
+        agent.log().contains("no longer attached"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn pins_and_files_that_are_not_limiters_are_left_alone() {
+    let net = TestNet::new(0, 1);
+    let mut agent = Agent::start(&net, Some(CONFIG));
+    agent.stop();
+    // Another tool's entry in the pin directory: a new agent refuses to share it, and detach
+    // removes limiter's pins only.
+    let foreign = agent.pin_path.join("other-tool");
+    std::fs::create_dir(&foreign).unwrap();
+    let out = agent.run_other(
+        &[
+            "--pin-path",
+            agent.pin_path.to_str().unwrap(),
+            "--api-socket",
+            agent.dir.join("a.sock").to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.code != 0 && out.stderr.contains("other-tool"),
+        "{out:?}"
+    );
+    let out = limiter(&[
+        "detach",
+        "--iface",
+        agent.iface(),
+        "--pin-path",
+        agent.pin_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(foreign.exists(), "detach removed another tool's pin");
+    assert!(
+        !agent.pin_path.join("BUCKETS").exists(),
+        "detach left limiter's maps pinned"
+    );
+    assert!(out.stdout.contains("other-tool"), "{}", out.stdout);
+
+    // A pin path that is a directory with files in it, not a bpffs: never mounted over.
+    let plain = agent.dir.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(plain.join("precious"), "state").unwrap();
+    let out = agent.run_other(
+        &[
+            "--pin-path",
+            plain.to_str().unwrap(),
+            "--api-socket",
+            agent.dir.join("b.sock").to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.code != 0 && out.stderr.contains("not on a BPF filesystem"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(plain.join("precious")).unwrap(),
+        "state"
+    );
+
+    // Something at the socket path that is not a socket: refused, untouched, even behind a
+    // symlink.
+    let file = agent.dir.join("not-a-socket");
+    std::fs::write(&file, "keep").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = agent.dir.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    for path in [&file, &link] {
+        let out = agent.run_other(
+            &[
+                "--pin-path",
+                agent.pin_path.to_str().unwrap(),
+                "--api-socket",
+                path.to_str().unwrap(),
+                "--metrics",
+                "127.0.0.1:0",
+            ],
+            Duration::from_secs(20),
+        );
+        assert!(
+            out.code != 0 && out.stderr.contains("is not a socket"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the file behind the symlink was chmod-ed");
+}
+
+#[test]
+fn what_is_saved_is_what_is_enforced() {
+    let net = TestNet::new(1, 1);
+    let mut agent = Agent::start(&net, Some(CONFIG));
+    let client = net.client(0);
+    let target = SocketAddr::new(net.gateway_ip(), 9);
+    let state = agent.state_dir().join("overrides.json");
+
+    // A save that fails (the temporary file's name is taken by a directory): the override is
+    // refused, and neither enforced nor listed.
+    let blocker = agent.state_dir().join("overrides.json.tmp");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let out = agent.cli(&["deny", "198.18.0.10"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(agent.json(&["overrides"]).as_array().map(Vec::len), Some(0));
+    let denied = counter(&agent, "denied_by_rule");
+    client.burst(target, 5);
+    eventually("the refused deny is not enforced", || {
+        counter(&agent, "passed") + counter(&agent, "dropped") >= 5
+    });
+    assert_eq!(counter(&agent, "denied_by_rule"), denied);
+
+    // A deny with a TTL lapses on time even when the file cannot be written then.
+    std::fs::remove_dir(&blocker).unwrap();
+    agent.json(&["deny", "198.18.0.10", "--ttl", "2s"]);
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the overrides file is readable by others");
+    std::fs::create_dir_all(&blocker).unwrap();
+    eventually("the deny lapses although the file cannot be saved", || {
+        agent.json(&["overrides"]).as_array().map(Vec::len) == Some(0)
+    });
+    let denied = counter(&agent, "denied_by_rule");
+    client.burst(target, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        counter(&agent, "denied_by_rule"),
+        denied,
+        "the lapsed deny is still enforced"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually("the file catches up", || {
+        std::fs::read_to_string(&state).is_ok_and(|text| !text.contains("198.18.0.10"))
+    });
+
+    // A hand-edited state file the datapath could not enforce as written: refused at start,
+    // naming the file, not enforced as something else.
+    agent.stop();
+    std::fs::write(
+        &state,
+        r#"[{"cidr": "198.18.0.0/24", "action": "limit", "rate": 10, "burst": 0, "created_at_ms": 1}]"#,
+    )
+    .unwrap();
+    agent.spawn_unchecked();
+    let code = agent.wait_exit();
+    assert_ne!(code, Some(0));
+    assert!(
+        agent
+            .log()
+            .contains("overrides.json is not a valid overrides file")
+            && agent.log().contains("198.18.0.0/24"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn the_overrides_tries_are_full_at_their_capacity_and_a_refusal_changes_nothing() {
+    let net = TestNet::new(0, 1);
+    let mut agent = Agent::start(&net, Some(CONFIG));
+    agent.stop();
+    // 16 384 IPv4 overrides: what the trie holds.
+    let items: Vec<Value> = (0..16_384u32)
+        .map(|i| {
+            serde_json::json!({
+                "cidr": format!("198.19.{}.{}/32", i / 256, i % 256),
+                "action": "deny",
+                "created_at_ms": 1,
+            })
+        })
+        .collect();
+    let state = agent.state_dir().join("overrides.json");
+    std::fs::create_dir_all(agent.state_dir()).unwrap();
+    std::fs::write(&state, serde_json::to_vec(&items).unwrap()).unwrap();
+    agent.spawn();
+    let before = std::fs::read(&state).unwrap();
+    let out = agent.cli(&["deny", "198.18.0.10"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("at most 16384"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&state).unwrap(), before, "the file changed");
+    assert_eq!(
+        agent.json(&["overrides"]).as_array().map(Vec::len),
+        Some(16_384)
+    );
+    // Replacing one in place still works: it is not one more.
+    agent.json(&["allow", "198.19.0.1"]);
+}
+
+#[test]
+fn changes_are_logged_with_who_made_them_and_secrets_are_not() {
+    let net = TestNet::new(0, 1);
+    let config =
+        format!("{CONFIG}\n[alerts]\nwebhook = \"http://127.0.0.1:9/hook/s3cr3t?token=t0k3n\"\n");
+    let agent = Agent::start(&net, Some(&config));
+    agent.json(&["deny", "198.18.0.99", "--ttl", "1h"]);
+    agent.json(&["reset", "--all"]);
+    agent.json(&["overrides", "rm", "198.18.0.99"]);
+    let log = agent.log();
+    for what in ["override added", "reset keys", "override removed"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"));
+        assert!(
+            line.contains("uid=0") && line.contains("pid="),
+            "{what} is logged without its caller: {line}"
+        );
+    }
+    assert!(
+        !log.contains("s3cr3t") && !log.contains("t0k3n"),
+        "the webhook URL's secret is in the log:\n{log}"
+    );
+    assert!(log.contains("http://127.0.0.1:9/…"), "{log}");
+}
+
+#[test]
+fn absurd_values_are_refused_not_wrapped() {
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(&net, Some(CONFIG));
+    let out = agent.cli(&["deny", "198.18.0.0/24", "--ttl", "1000000years"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--ttl takes at most"), "{}", out.stderr);
+    let out = agent.cli(&[
+        "limit",
+        "198.18.0.0/24",
+        "--rate",
+        "2000000000",
+        "--burst",
+        "5",
+    ]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("at most 1000000000/s"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(agent.json(&["overrides"]).as_array().map(Vec::len), Some(0));
+    agent.write_config("[limits]\nrate = 2000000000\nburst = 5\n");
+    let out = agent.cli(&["reload"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("at most 1000000000/s"),
+        "{}",
+        out.stderr
+    );
+}
