@@ -142,8 +142,9 @@ fn pins_and_files_that_are_not_limiters_are_left_alone() {
         "state"
     );
 
-    // Something at the socket path that is not a socket: refused, untouched, even behind a
-    // symlink.
+    // Something at the socket path that is not a socket: refused before any interface is
+    // touched, and untouched, even behind a symlink.
+    std::fs::remove_dir(&foreign).unwrap();
     let file = agent.dir.join("not-a-socket");
     std::fs::write(&file, "keep").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -164,6 +165,10 @@ fn pins_and_files_that_are_not_limiters_are_left_alone() {
         assert!(
             out.code != 0 && out.stderr.contains("is not a socket"),
             "{out:?}"
+        );
+        assert!(
+            !agent.pin_path.join("BUCKETS").exists(),
+            "the refused agent pinned its maps first"
         );
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");

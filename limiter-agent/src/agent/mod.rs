@@ -78,6 +78,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ConfigSource::File(path) => info!(path = %path.display(), "configuration loaded"),
     }
     refuse_if_agent_running(&args.api_socket)?;
+    refuse_foreign_socket_path(&args.api_socket)?;
     // Bound now, so that a taken port is refused before any interface is touched; served
     // only once the API is (see below).
     let metrics_listener = metrics::bind(args.metrics).await?;
@@ -172,26 +173,33 @@ fn refuse_if_agent_running(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a socket path where something other than a socket is (a file, a symlink): as root
+/// the agent replaces only a stale socket.
+fn refuse_foreign_socket_path(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => bail!(
+            "{} exists and is not a socket ({}): refusing to replace it — remove it, or give \
+             the agent another --api-socket",
+            path.display(),
+            if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else if meta.is_dir() {
+                "a directory"
+            } else {
+                "a file"
+            }
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Binds the API socket, replacing a stale one left by an agent that was killed. As root it
 /// touches only sockets and never follows a symlink: anything else at the path is refused.
 fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
     refuse_if_agent_running(path)?;
-    if !remove_socket(path)? {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            bail!(
-                "{} exists and is not a socket ({}): refusing to replace it — remove it, or \
-                 give the agent another --api-socket",
-                path.display(),
-                if meta.file_type().is_symlink() {
-                    "a symbolic link"
-                } else if meta.is_dir() {
-                    "a directory"
-                } else {
-                    "a file"
-                }
-            );
-        }
-    }
+    refuse_foreign_socket_path(path)?;
+    remove_socket(path)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
