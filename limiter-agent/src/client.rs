@@ -20,6 +20,12 @@ pub enum ClientError {
         "permission denied on {0} — run as root or as a member of the group that owns the socket"
     )]
     PermissionDenied(PathBuf),
+    #[error(
+        "the agent on {0} did not answer within {secs} s — is it stopped (SIGSTOP) or overloaded? \
+         `systemctl status limiter`, or its log, says more",
+        secs = ANSWER_TIMEOUT.as_secs()
+    )]
+    Timeout(PathBuf),
     #[error("talking to the agent on {path}: {error}")]
     Transport { path: PathBuf, error: String },
     /// The agent refused the request; its message is for the operator, its code for the exit
@@ -27,6 +33,10 @@ pub enum ClientError {
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
 }
+
+/// How long the CLI waits for the agent: to connect and get an answer's head, and between two
+/// pieces of a streamed answer.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct ApiClient {
     socket: PathBuf,
@@ -93,7 +103,10 @@ impl ApiClient {
                 .to_bytes();
             return Err(self.refusal(status.as_u16(), &bytes));
         }
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = tokio::time::timeout(ANSWER_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| ClientError::Timeout(self.socket.clone()))?
+        {
             let frame = frame.map_err(|err| self.transport(err))?;
             if let Some(data) = frame.data_ref() {
                 out.write_all(data).map_err(|err| self.transport(err))?;
@@ -110,10 +123,9 @@ impl ApiClient {
     ) -> Result<T, ClientError> {
         let response = self.send(method, uri, body).await?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
+        let body = tokio::time::timeout(ANSWER_TIMEOUT, response.into_body().collect())
             .await
+            .map_err(|_| ClientError::Timeout(self.socket.clone()))?
             .map_err(|err| self.transport(err))?
             .to_bytes();
         if !status.is_success() {
@@ -123,8 +135,20 @@ impl ApiClient {
             .map_err(|err| self.transport(format!("unexpected answer: {err}")))
     }
 
-    /// Connects to the agent and sends one request; the answer's head.
+    /// Connects to the agent and sends one request; the answer's head, within
+    /// [`ANSWER_TIMEOUT`].
     async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        tokio::time::timeout(ANSWER_TIMEOUT, self.send_untimed(method, uri, body))
+            .await
+            .map_err(|_| ClientError::Timeout(self.socket.clone()))?
+    }
+
+    async fn send_untimed(
         &self,
         method: Method,
         uri: &str,

@@ -331,3 +331,103 @@ fn absurd_values_are_refused_not_wrapped() {
         out.stderr
     );
 }
+
+/// Reads from `stream` until the peer closes it (0 bytes); false if it is still open after
+/// `within`.
+fn closed_by_peer(stream: &mut impl std::io::Read, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn slow_or_stuck_clients_do_not_stall_the_agent_and_the_cli_gives_up() {
+    use std::io::{Read, Write};
+    let net = TestNet::new(0, 1);
+    let mut agent = Agent::start_with_args(&net, Some(CONFIG), &["--metrics", "127.0.0.1:19850"]);
+
+    // Clients that connect and never finish a request: more than the metrics listener serves
+    // at once, and one on the API socket. The agent answers others meanwhile, and closes them.
+    let idle: Vec<std::net::TcpStream> = net.gateway.run(|| {
+        (0..24)
+            .map(|_| {
+                let stream = std::net::TcpStream::connect("127.0.0.1:19850").unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                stream
+            })
+            .collect()
+    });
+    let mut api = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    api.write_all(b"GET /v1/status HTTP/1.1\r\nHost: limiter\r\n")
+        .unwrap();
+    api.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert_eq!(agent.cli(&["status"]).code, 0, "the API is stalled");
+    assert!(
+        closed_by_peer(&mut api, Duration::from_secs(10)),
+        "an unfinished API request is kept open"
+    );
+    for mut stream in idle {
+        assert!(
+            closed_by_peer(&mut stream, Duration::from_secs(10)),
+            "an idle metrics connection is kept open"
+        );
+    }
+    let scrape = net.gateway.run(|| {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:19850").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        body
+    });
+    assert!(scrape.contains("limiter_packets_total"), "{scrape}");
+
+    // An agent that does not answer at all (stopped): the CLI gives up, exit 3.
+    agent.pause();
+    let started = Instant::now();
+    let out = agent.cli(&["status"]);
+    agent.resume();
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("did not answer within"),
+        "{}",
+        out.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    agent.stop();
+}
+
+#[test]
+fn alerts_for_an_overrides_bucket_name_the_override() {
+    let net = TestNet::new(1, 1);
+    let agent = Agent::start(&net, Some(CONFIG));
+    agent.json(&["limit", "198.18.0.10", "--rate", "1", "--burst", "2"]);
+    net.client(0)
+        .burst(SocketAddr::new(net.gateway_ip(), 9), 10);
+    eventually("the exhaustion is logged", || {
+        agent.log().contains("key exhausted")
+    });
+    let log = agent.log();
+    let line = log.lines().find(|l| l.contains("key exhausted")).unwrap();
+    assert!(
+        line.contains("override 198.18.0.10/32") && !line.contains("removed rule"),
+        "{line}"
+    );
+}

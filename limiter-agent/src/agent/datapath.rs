@@ -289,6 +289,30 @@ impl Datapath {
         })
     }
 
+    /// The tracked keys that overlap `wanted`: at most `keep` of them (the first in map order),
+    /// and how many there are in all — memory bounded whatever `wanted` covers.
+    pub fn overlapping(&self, wanted: &Prefix, keep: usize) -> anyhow::Result<(KeyList, usize)> {
+        let now = monotonic_now_ns();
+        let mut entries = Vec::new();
+        let mut total = 0;
+        self.for_each_bucket(|key, state| {
+            if Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(wanted)) {
+                total += 1;
+                if entries.len() < keep {
+                    entries.push((*key, *state));
+                }
+            }
+        })?;
+        Ok((
+            KeyList {
+                entries,
+                limits: self.limits.clone(),
+                now,
+            },
+            total,
+        ))
+    }
+
     /// The bucket a packet from the single address `source` is charged to now, as a list of
     /// one (or none, when it is not tracked or its rule gives it no bucket): one map lookup
     /// instead of a walk of the whole map.

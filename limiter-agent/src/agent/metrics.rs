@@ -52,11 +52,11 @@ pub fn spawn(listener: TcpListener, state: Arc<AgentState>) {
     if let Some(addr) = addr {
         info!(%addr, "serving Prometheus metrics at http://{addr}{METRICS_PATH}");
     }
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            warn!("the metrics server stopped: {err}");
-        }
-    });
+    tokio::spawn(super::serve::serve_tcp(
+        listener,
+        app,
+        super::serve::METRICS_LIMITS,
+    ));
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {

@@ -14,6 +14,8 @@ mod expiry;
 mod link_watch;
 mod metrics;
 mod overrides;
+mod selection;
+mod serve;
 mod server;
 mod state;
 mod turnover;
@@ -152,12 +154,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The program instances stay loaded while the agent runs (the pinned links keep them
     // attached after it exits).
     let _attachments = attachments;
-    let app = app.into_make_service_with_connect_info::<server::Caller>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    serve::serve_unix(
+        listener,
+        app,
+        serve::API_LIMITS,
+        server::Caller::of,
+        shutdown_signal(),
+    )
+    .await;
     let _ = remove_socket(&args.api_socket);
-    result.context("serving the API")?;
     info!(pin_path = %args.pin_path.display(), "exiting; the program stays attached and its state pinned");
     Ok(())
 }

@@ -5,14 +5,14 @@ use super::config::Action;
 use super::datapath::Datapath;
 use super::error::AgentError;
 use super::overrides::{self, Override};
+use super::selection::{Selection, MAX_KEYS_PER_REQUEST};
 use super::state::AgentState;
 use crate::api::*;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use limiter_common::key::Prefix;
 use std::num::NonZeroU64;
@@ -25,13 +25,14 @@ type Shared = Arc<AgentState>;
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: u32,
-    /// None where the kernel does not say.
+    /// -1 where the kernel does not say.
     pub pid: i32,
 }
 
-impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Caller {
-        match stream.io().peer_cred() {
+impl Caller {
+    /// The peer credentials of an API connection.
+    pub fn of(stream: &tokio::net::UnixStream) -> Caller {
+        match stream.peer_cred() {
             Ok(cred) => Caller {
                 uid: cred.uid(),
                 pid: cred.pid().unwrap_or(-1),
@@ -122,23 +123,37 @@ async fn list(
     })
     .await?;
     let (chunks, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         const CHUNK: usize = 256 * 1024;
+        // A client that stops reading gets this long before the list is dropped.
+        const STALLED: std::time::Duration = std::time::Duration::from_secs(5);
+        let send = |chunk: Vec<u8>| {
+            let sent =
+                runtime.block_on(tokio::time::timeout(STALLED, chunks.send(Ok(chunk.into()))));
+            match sent {
+                Ok(Ok(())) => true,
+                // The client went away.
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    tracing::warn!(
+                        "a client stopped reading the key list for {STALLED:?}: stopped sending it"
+                    );
+                    false
+                }
+            }
+        };
         let mut buf = Vec::with_capacity(CHUNK + 1024);
         buf.push(b'[');
         for (i, info) in list.infos().enumerate() {
             buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
             serde_json::to_writer(&mut buf, &info).expect("a KeyInfo always serializes");
-            if buf.len() >= CHUNK
-                && chunks
-                    .blocking_send(Ok(std::mem::take(&mut buf).into()))
-                    .is_err()
-            {
-                return; // The client went away.
+            if buf.len() >= CHUNK && !send(std::mem::take(&mut buf)) {
+                return;
             }
         }
         buf.extend_from_slice(b"\n]\n");
-        let _ = chunks.blocking_send(Ok(buf.into()));
+        send(buf);
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(body);
     Ok((
@@ -162,14 +177,30 @@ async fn inspect(
     with_datapath(&state, move |datapath, _| {
         // An address's bucket in force is found with one lookup; a prefix, or an address whose
         // bucket is not there (stale buckets of other rules, or none), takes a walk of the map.
+        // Beyond a few dozen keys a KEY is too wide to inspect whatever they are: only that many
+        // are kept, and counted.
+        const KEEP: usize = 64;
         let mut selected = None;
         if wanted.is_host() {
-            selected = Some(datapath.select_in_force(&wanted)?).filter(|one| !one.is_empty());
+            selected = Some(datapath.select_in_force(&wanted)?)
+                .filter(|one| !one.is_empty())
+                .map(|one| (one, 1));
         }
-        let selected = match selected {
+        let (selected, total) = match selected {
             Some(one) => one,
-            None => datapath.select(false, None, None, Some(&wanted))?,
+            None => datapath.overlapping(&wanted, KEEP)?,
         };
+        if total > KEEP {
+            let names: Vec<_> = selected.infos().take(5).map(|k| k.key).collect();
+            return Err(AgentError::new(
+                ErrorCode::AmbiguousKey,
+                format!(
+                    "{wanted} selects {total} tracked keys ({}, …); inspect takes one — name one \
+                     of them, or use `limiter list`",
+                    names.join(", ")
+                ),
+            ));
+        }
         let overlapping: Vec<_> = selected.described().collect();
         // A source keeps the bucket of a rule that no longer applies to it (after a reload or
         // an override) until the LRU map evicts it: show the bucket in force.
@@ -225,6 +256,13 @@ async fn reset(
             "reset takes exactly one of: a list of keys, exhausted, all",
         ));
     }
+    if request.keys.len() > MAX_KEYS_PER_REQUEST {
+        return Err(AgentError::bad_request(format!(
+            "reset takes at most {MAX_KEYS_PER_REQUEST} KEYs at once ({} given): name prefixes \
+             that cover them, or send several",
+            request.keys.len()
+        )));
+    }
     // Parse every key before touching any bucket: a bad one changes nothing.
     let wanted = request
         .keys
@@ -235,27 +273,24 @@ async fn reset(
         // One walk of the map on raw entries; with `exhausted` only exhausted keys come back.
         let candidates = datapath.select(request.exhausted, None, None, None)?;
         let mut reset = 0;
-        let mut selected = vec![false; wanted.len()];
+        let mut selection = Selection::new(wanted);
+        let mut selected = vec![false; selection.wanted().len()];
         for key in candidates.keys() {
             let chosen = if request.all || request.exhausted {
                 true
             } else {
-                let prefix = Prefix::from_bucket_key(key);
-                let mut hit = false;
-                for (i, w) in wanted.iter().enumerate() {
-                    if prefix.is_some_and(|p| p.overlaps(w)) {
-                        selected[i] = true;
-                        hit = true;
-                    }
-                }
-                hit
+                let hits =
+                    Prefix::from_bucket_key(key).map_or_else(Vec::new, |p| selection.selecting(&p));
+                hits.iter().for_each(|&i| selected[i] = true);
+                !hits.is_empty()
             };
             if chosen && datapath.reset(key)? {
                 reset += 1;
                 state.resets.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let not_tracked = wanted
+        let not_tracked = selection
+            .wanted()
             .iter()
             .zip(selected)
             .filter(|(_, hit)| !hit)

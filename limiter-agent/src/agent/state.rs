@@ -9,11 +9,12 @@ use super::overrides::{Override, OverrideStore};
 use crate::api::{ErrorCode, InterfaceInfo, ReloadResponse};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 
 pub struct AgentState {
-    datapath: Mutex<Datapath>,
+    /// Read by every API call and scrape at once; written by a reload or a change of overrides.
+    datapath: RwLock<Datapath>,
     /// The configuration in force, published on every reload.
     config: watch::Sender<Arc<Config>>,
     /// Attached interfaces; an interface's counter slot is its index here.
@@ -67,7 +68,7 @@ impl AgentState {
         pin_path: PathBuf,
     ) -> AgentState {
         AgentState {
-            datapath: Mutex::new(datapath),
+            datapath: RwLock::new(datapath),
             config: watch::Sender::new(Arc::new(config)),
             interfaces,
             config_source,
@@ -78,10 +79,18 @@ impl AgentState {
         }
     }
 
-    /// The datapath, for a blocking call (map walks and updates are syscalls).
-    pub fn datapath(&self) -> MutexGuard<'_, Datapath> {
+    /// The datapath, to read, for a blocking call (map walks are syscalls). Readers do not wait
+    /// for each other: a scrape walking a million keys does not hold up the API.
+    pub fn datapath(&self) -> RwLockReadGuard<'_, Datapath> {
         self.datapath
-            .lock()
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The datapath, to change what it enforces.
+    fn datapath_mut(&self) -> RwLockWriteGuard<'_, Datapath> {
+        self.datapath
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -110,7 +119,7 @@ impl AgentState {
             ));
         };
         let (config, _) = Config::load(Some(path)).map_err(|err| refuse(err.to_string()))?;
-        let mut datapath = self.datapath();
+        let mut datapath = self.datapath_mut();
         let running = self.config();
         if config.agent.max_keys != running.agent.max_keys {
             return Err(refuse(format!(
@@ -199,7 +208,7 @@ impl AgentState {
     /// Makes the datapath enforce the store's overrides.
     fn enforce_overrides(&self, store: &OverrideStore) -> Result<(), AgentError> {
         let resolved = resolved_overrides(store, &self.config());
-        Ok(self.datapath().set_overrides(resolved)?)
+        Ok(self.datapath_mut().set_overrides(resolved)?)
     }
 }
 

@@ -52,9 +52,9 @@ impl From<ClientError> for Failure {
     /// The exit status follows the agent's error code.
     fn from(err: ClientError) -> Failure {
         match err {
-            ClientError::NoAgent(_) | ClientError::PermissionDenied(_) => {
-                Failure::Unreachable(err.to_string())
-            }
+            ClientError::NoAgent(_)
+            | ClientError::PermissionDenied(_)
+            | ClientError::Timeout(_) => Failure::Unreachable(err.to_string()),
             ClientError::Refused { code, message } => match code {
                 ErrorCode::BadRequest | ErrorCode::AmbiguousKey => Failure::Usage(message),
                 ErrorCode::NotTracked => Failure::NotTracked(message),

@@ -4,7 +4,7 @@
 //! without ever waiting.
 
 use super::webhook::{rfc3339, Alert, Undelivered};
-use crate::agent::config::{Config, WebhookUrl};
+use crate::agent::config::{rule_id, Config, WebhookUrl};
 use crate::agent::datapath::{monotonic_now_ns, CounterSums};
 use crate::agent::state::AgentState;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -167,9 +167,20 @@ impl Reader {
         if id == DEFAULT_RULE_ID {
             return "default".to_owned();
         }
-        self.rules
-            .get(&id)
-            .cloned()
+        if let Some(name) = self.rules.get(&id) {
+            return name.clone();
+        }
+        // An override's bucket: named after the override ("override 198.18.0.0/24").
+        let overrides = self
+            .state
+            .overrides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        overrides
+            .list()
+            .iter()
+            .map(|o| o.name())
+            .find(|name| rule_id(name) == id)
             .unwrap_or_else(|| format!("removed rule #{id}"))
     }
 
