@@ -179,9 +179,16 @@ pub struct DatapathConfig {
     pub ipv6_prefix: u32,
     /// `CONFIG_*` bits.
     pub flags: u32,
-    /// Zero until the agent has written a configuration; the datapath passes everything before.
+    /// Zero until the agent has written a configuration (the datapath passes everything
+    /// before); then [`LAYOUT_VERSION`], so that pins left by a build with other map layouts
+    /// are recognised as such.
     pub valid: u32,
 }
+
+/// The layout of the pinned maps, written into `DatapathConfig::valid`: a build whose maps'
+/// keys, values or meaning differ from this one's bumps it, and an agent refuses to adopt pins
+/// of another layout, naming it.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Declares [`Counter`] from one table: each counter's slot, its name (a field of `status --json`,
 /// and of the metrics where it is exported), a label and a note for a person (`limiter status`).

@@ -431,3 +431,25 @@ fn alerts_for_an_overrides_bucket_name_the_override() {
         "{line}"
     );
 }
+
+#[test]
+fn pins_of_a_build_with_another_map_layout_are_named_as_such() {
+    use aya::maps::{Array, Map, MapData};
+    use limiter_common::maps::{DatapathConfig, CONFIG_MAP};
+    let net = TestNet::new(0, 1);
+    let mut agent = Agent::start(&net, Some(CONFIG));
+    agent.stop();
+    // What a build with another layout would have left: its version in the pinned CONFIG.
+    let data = MapData::from_pin(agent.pin_path.join(CONFIG_MAP)).unwrap();
+    let mut config: Array<MapData, DatapathConfig> = Array::try_from(Map::Array(data)).unwrap();
+    let mut value = config.get(&0, 0).unwrap();
+    value.valid = 7;
+    config.set(0, value, 0).unwrap();
+    agent.spawn_unchecked();
+    assert_ne!(agent.wait_exit(), Some(0));
+    assert!(
+        agent.log().contains("another map layout (version 7"),
+        "{}",
+        agent.log()
+    );
+}

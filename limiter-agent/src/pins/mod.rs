@@ -9,9 +9,11 @@ pub use bpffs::ensure_pin_dir;
 pub use lock::lock_pin_dir;
 
 use anyhow::{bail, Context};
-use aya::maps::MapInfo;
+use aya::maps::{Array, Map, MapData, MapInfo};
 use aya::programs::links::{FdLink, PinnedLink};
-use limiter_common::maps::{BUCKETS_MAP, RINGBUF_MAP_TYPE};
+use limiter_common::maps::{
+    DatapathConfig, BUCKETS_MAP, CONFIG_MAP, LAYOUT_VERSION, RINGBUF_MAP_TYPE,
+};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,18 @@ fn links_dir(pin_path: &Path) -> PathBuf {
 /// sizes and capacity that `object` declares (BUCKETS: `max_keys`), before they are adopted: an
 /// incompatible map would otherwise be handed to the new program as it is.
 pub fn check_pinned_maps(object: &[u8], pin_path: &Path, max_keys: u32) -> anyhow::Result<()> {
+    if let Some(layout) = pinned_layout(pin_path) {
+        if layout != LAYOUT_VERSION {
+            bail!(
+                "the maps pinned under {} were made by a limiter build with another map layout \
+                 (version {layout}; this build uses {LAYOUT_VERSION}): run that build, or drop \
+                 the pinned state with `limiter detach --iface IF --pin-path {}` for every \
+                 interface, then start this one",
+                pin_path.display(),
+                pin_path.display()
+            );
+        }
+    }
     let object = aya_obj::Object::parse(object).context("parsing the XDP object")?;
     let mut problems = Vec::new();
     for (name, def) in &object.maps {
@@ -99,6 +113,14 @@ pub fn check_pinned_maps(object: &[u8], pin_path: &Path, max_keys: u32) -> anyho
         );
     }
     Ok(())
+}
+
+/// The layout version the pinned CONFIG map holds, if there is one that says (0: written by no
+/// agent yet).
+fn pinned_layout(pin_path: &Path) -> Option<u32> {
+    let data = MapData::from_pin(pin_path.join(CONFIG_MAP)).ok()?;
+    let config: Array<MapData, DatapathConfig> = Array::try_from(Map::Array(data)).ok()?;
+    Some(config.get(&0, 0).ok()?.valid).filter(|valid| *valid != 0)
 }
 
 /// What `limiter detach` did.

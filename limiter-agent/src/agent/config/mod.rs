@@ -10,7 +10,7 @@ use limiter_common::bucket::{Limit, NANOS_PER_SEC};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
     DatapathConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, CONFIG_DRY_RUN, CONFIG_HAS_RULES_V4,
-    CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID, MAX_RULES,
+    CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID, LAYOUT_VERSION, MAX_RULES,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use std::num::NonZeroU64;
@@ -394,7 +394,7 @@ impl Config {
             ipv4_prefix: self.limits.ipv4_prefix as u32,
             ipv6_prefix: self.limits.ipv6_prefix as u32,
             flags,
-            valid: 1,
+            valid: LAYOUT_VERSION,
         }
     }
 }
