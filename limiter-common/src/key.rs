@@ -5,6 +5,7 @@
 //! KEY is an address or a prefix; it selects every tracked key it overlaps: an address selects
 //! the key it belongs to, a prefix every key inside it (and the key it lies in, if keys are wider).
 
+use crate::charge::{self, Source};
 use crate::maps::{BucketKey, FAMILY_IPV4, FAMILY_IPV6};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -81,23 +82,14 @@ impl Prefix {
 
     /// The datapath key for this prefix under rule `rule_id`.
     pub fn to_bucket_key(&self, rule_id: u32) -> BucketKey {
-        let mut addr = [0u8; 16];
-        let family = match self.addr {
-            IpAddr::V4(a) => {
-                addr[..4].copy_from_slice(&a.octets());
-                FAMILY_IPV4
-            }
-            IpAddr::V6(a) => {
-                addr.copy_from_slice(&a.octets());
-                FAMILY_IPV6
-            }
-        };
-        BucketKey {
-            family,
-            prefix_len: self.len,
-            _pad: 0,
-            rule_id,
-            addr,
+        charge::bucket_key(&self.source(), u32::from(self.len), rule_id)
+    }
+
+    /// The prefix's address as the datapath reads a packet's source.
+    pub fn source(&self) -> Source {
+        match self.addr {
+            IpAddr::V4(a) => Source::V4(u32::from_ne_bytes(a.octets())),
+            IpAddr::V6(a) => Source::V6(charge::bytes_to_words(a.octets())),
         }
     }
 
@@ -114,16 +106,6 @@ impl Prefix {
             _ => return None,
         };
         (key.prefix_len <= max_len(addr)).then(|| Prefix::new(addr, key.prefix_len))
-    }
-
-    /// The key a packet from `source` is counted under, given the configured grouping.
-    pub fn key_of_source(source: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Prefix {
-        let len = if source.is_ipv4() {
-            ipv4_prefix
-        } else {
-            ipv6_prefix
-        };
-        Prefix::new(source, len)
     }
 }
 
@@ -241,9 +223,5 @@ mod tests {
         assert!(p("198.18.0.0/16").overlaps(&key));
         assert!(!p("198.18.2.7").overlaps(&key));
         assert!(!p("2001:2::/48").overlaps(&key));
-        assert_eq!(
-            Prefix::key_of_source("2001:2::5".parse().unwrap(), 32, 64),
-            p("2001:2::/64")
-        );
     }
 }

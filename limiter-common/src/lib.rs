@@ -6,6 +6,7 @@
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
 pub mod bucket;
+pub mod charge;
 pub mod maps;
 
 #[cfg(feature = "user")]

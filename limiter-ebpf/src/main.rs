@@ -9,6 +9,8 @@
 // (`core::sync::atomic` has none there: the target declares no CAS).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// One unaligned 32-bit packet load in BPF assembly (see `parse::packet_word`).
+#![feature(asm_experimental_arch)]
 
 mod maps;
 mod parse;
@@ -25,12 +27,11 @@ use core::intrinsics::{atomic_and, atomic_cxchg, atomic_or, atomic_xadd, AtomicO
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use limiter_common::{
     bucket::{admit, Limit, FULL_BUCKET_TAT},
+    charge::{self, words_to_bytes, Charge},
     maps::{
         counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent, RuleEntry,
-        ACTION_ALLOW, ACTION_DENY, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN,
-        CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6,
-        CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID, EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU,
-        EVENT_DRY_RUN, FAMILY_IPV4, FAMILY_IPV6, RULE_SHARED,
+        BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU,
+        EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
     },
 };
 use maps::{
@@ -78,26 +79,19 @@ pub fn limiter(ctx: XdpContext) -> u32 {
     };
     let dry_run = config.flags & CONFIG_DRY_RUN != 0;
     let rule = find_rule(&source, config);
-    let (key, limit) = match rule {
-        None => (
-            source_key(&source, config, DEFAULT_RULE_ID, None),
-            config.default_limit,
-        ),
-        Some(rule) if rule.action == ACTION_ALLOW => {
+    let (key, limit) = match charge::charge(&source, config, rule.as_ref()) {
+        Charge::Bucket { key, limit } => (key, limit),
+        Charge::Allow => {
             count(Counter::AllowedByRule);
             return xdp_action::XDP_PASS;
         }
-        Some(rule) if rule.action == ACTION_DENY => {
+        Charge::Deny => {
             count(Counter::DeniedByRule);
             if dry_run {
                 count(Counter::WouldDrop);
                 return xdp_action::XDP_PASS;
             }
             return xdp_action::XDP_DROP;
-        }
-        Some(rule) => {
-            let shared = (rule.flags & RULE_SHARED != 0).then_some(rule.prefix_len);
-            (source_key(&source, config, rule.id, shared), rule.limit)
         }
     };
     charge_key(&ctx, config, &key, &limit, dry_run)
@@ -124,87 +118,30 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The rule for the source: the longest-prefix runtime override if one matches (overrides win
-/// over every configured rule), else the longest-prefix rule, if the agent configured any.
-/// Each trie is only looked up when the agent says it is not empty.
+/// The rule in force for the source (see `limiter_common::charge::find_rule`), looked up in the
+/// override and rule tries of its family.
 #[inline(always)]
 fn find_rule(source: &Source, config: &DatapathConfig) -> Option<RuleEntry> {
     match source {
         Source::V4(addr) => {
             let key = LpmKey::new(32, addr.to_ne_bytes());
-            if config.flags & CONFIG_HAS_OVERRIDES_V4 != 0 {
-                if let Some(rule) = OVERRIDES_V4.get(&key) {
-                    return Some(*rule);
-                }
-            }
-            if config.flags & CONFIG_HAS_RULES_V4 != 0 {
-                return RULES_V4.get(&key).copied();
-            }
-            None
+            charge::find_rule(
+                true,
+                config,
+                || OVERRIDES_V4.get(&key).copied(),
+                || RULES_V4.get(&key).copied(),
+            )
         }
         Source::V6(addr) => {
             let key = LpmKey::new(128, words_to_bytes(*addr));
-            if config.flags & CONFIG_HAS_OVERRIDES_V6 != 0 {
-                if let Some(rule) = OVERRIDES_V6.get(&key) {
-                    return Some(*rule);
-                }
-            }
-            if config.flags & CONFIG_HAS_RULES_V6 != 0 {
-                return RULES_V6.get(&key).copied();
-            }
-            None
+            charge::find_rule(
+                false,
+                config,
+                || OVERRIDES_V6.get(&key).copied(),
+                || RULES_V6.get(&key).copied(),
+            )
         }
     }
-}
-
-/// The key a packet is counted under: its source address masked to the configured prefix, or to
-/// the rule's CIDR (`shared`), under `rule_id`.
-#[inline(always)]
-fn source_key(
-    source: &Source,
-    config: &DatapathConfig,
-    rule_id: u32,
-    shared: Option<u32>,
-) -> BucketKey {
-    let (family, width, prefix, mut addr) = match source {
-        Source::V4(a) => (FAMILY_IPV4, 32, config.ipv4_prefix, [*a, 0, 0, 0]),
-        Source::V6(a) => (FAMILY_IPV6, 128, config.ipv6_prefix, *a),
-    };
-    let prefix = match shared {
-        Some(len) => len,
-        None => prefix,
-    };
-    let prefix = if prefix > width { width } else { prefix };
-    // Clear the bits past `prefix`, a word at a time.
-    for (i, word) in addr.iter_mut().enumerate() {
-        *word &= prefix_mask(prefix, i as u32 * 32);
-    }
-    BucketKey {
-        family,
-        prefix_len: prefix as u8,
-        _pad: 0,
-        rule_id,
-        addr: words_to_bytes(addr),
-    }
-}
-
-/// The mask, in network byte order, of the bits of `prefix` that fall in the 32-bit word starting
-/// at bit `start` of an address.
-#[inline(always)]
-fn prefix_mask(prefix: u32, start: u32) -> u32 {
-    if prefix <= start {
-        0
-    } else if prefix - start >= 32 {
-        u32::MAX
-    } else {
-        (u32::MAX << (32 - (prefix - start))).to_be()
-    }
-}
-
-#[inline(always)]
-fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
-    // SAFETY: same size, and every bit pattern is a valid [u8; 16].
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// Charges one packet to `key`'s bucket, creating the bucket on the key's first packet.

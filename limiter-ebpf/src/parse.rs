@@ -5,16 +5,18 @@
 //! The walk:
 //! - Ethernet, then at most [`MAX_VLAN_TAGS`] 802.1Q / 802.1ad tags; an IP ethertype goes on,
 //!   any other ethertype is [`Parsed::NotLimited`] (a tag beyond the bound is [`Parsed::Unparsed`]).
-//! - IPv4: version 4, IHL ≥ 5 and the whole `IHL·4`-byte header inside the packet; options and
-//!   fragments are keyed by their source like any other IPv4 packet.
+//! - IPv4: version 4 and IHL ≥ 5 in a 20-byte header inside the packet: keyed by its source,
+//!   options, fragments and all (options cut short included: the source is known).
 //! - IPv6: version 6 and the 40-byte header inside the packet, then at most
-//!   [`MAX_EXT_HEADERS`] extension headers, each wholly inside the packet (one more is
-//!   [`Parsed::Unparsed`]). ICMPv6 neighbour and router discovery (types 133–137, with the
-//!   4-byte ICMPv6 header inside the packet) is [`Parsed::NotLimited`]; every other upper layer,
-//!   and a non-first fragment (its upper-layer header is not in it), is keyed by the source.
+//!   [`MAX_EXT_HEADERS`] extension headers, each wholly inside the packet. ICMPv6 neighbour and
+//!   router discovery (types 133–137, with the 4-byte ICMPv6 header inside the packet) and
+//!   link-local MLD are [`Parsed::NotLimited`]; everything else is keyed by its source —
+//!   another upper layer, a non-first fragment, and also one extension header too many or one
+//!   cut short: once the source is read, its rules and bucket apply whatever follows it, so
+//!   that no shape of header chain gets a denied or flooding source through.
 //!
-//! Only the headers the decision needs are read: a packet whose payload is cut short but whose
-//! headers are whole is keyed by its source.
+//! [`Parsed::Unparsed`] is left for packets whose source cannot be read: a fixed header that is
+//! cut short or not of its version, a VLAN tag beyond the bound.
 //!
 //! Notes on the verifier: a read at a variable offset (past the IPv6 extension headers) is
 //! always at least 2 bytes wide. For a 1-byte read LLVM rewrites the check `p + 1 > end` into
@@ -55,7 +57,7 @@ const IPV6_NEXT_HDR_OFFSET: usize = 6;
 const IPV6_SRC_OFFSET: usize = 8;
 
 /// IPv6 extension headers skipped at most before the upper-layer header; a packet with more is
-/// [`Parsed::Unparsed`]. Each is at most 2 KiB, so the walk stays far below the verifier's
+/// keyed by its source without looking further. Each is at most 2 KiB, so the walk stays far below the verifier's
 /// 64 KiB packet offset limit.
 pub const MAX_EXT_HEADERS: usize = 6;
 
@@ -97,25 +99,34 @@ fn is_link_local_or_unspecified(addr: &[u32; 4]) -> bool {
     (first == 0xfe && second & 0xc0 == 0x80) || addr.iter().all(|w| *w == 0)
 }
 
-/// The source address of a packet the program limits, as 32-bit words in network byte order
-/// (each word holds the address's bytes as they are in the packet): the key is masked and
-/// copied a word at a time rather than a byte at a time.
-pub enum Source {
-    V4(u32),
-    V6([u32; 4]),
-}
+/// The source address of a packet the program limits (see `limiter_common::charge`).
+pub use limiter_common::charge::Source;
 
-/// The 32-bit word at `p` in the packet.
+/// The 32-bit word at `p` in the packet, in one load.
 ///
-/// A plain (aligned) load: LLVM splits a load it must assume unaligned into four byte loads on
-/// BPF. The address may well be unaligned (the IP header starts 14 bytes into the frame); the
-/// verifier accepts unaligned packet loads on every architecture with efficient unaligned access
-/// (x86-64, arm64), where the JIT emits one load.
+/// The address is often unaligned (the IP header starts 14 bytes into the frame), so a plain
+/// `read` would be undefined behaviour, and `read_unaligned` makes LLVM emit four byte loads on
+/// BPF. The load is written in BPF assembly instead: one `ldxw`, which the verifier accepts at
+/// any alignment on every architecture with efficient unaligned access (x86-64, arm64), where
+/// the JIT emits one load too.
 ///
-/// SAFETY: the caller checked that the 4 bytes are inside the packet.
+/// # Safety
+///
+/// The caller checked that the 4 bytes from `p` are inside the packet.
 #[inline(always)]
 unsafe fn packet_word(p: *const u8) -> u32 {
-    unsafe { p.cast::<u32>().read() }
+    let word: u64;
+    // SAFETY: the 4 bytes are inside the packet (the caller's promise); the instruction reads
+    // them and nothing else, at any alignment, and writes only `word` (zero-extended).
+    unsafe {
+        core::arch::asm!(
+            "{word} = *(u32 *)({p} + 0)",
+            word = lateout(reg) word,
+            p = in(reg) p,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    word as u32
 }
 
 /// What a packet is, as far as limiting goes.
@@ -124,7 +135,8 @@ pub enum Parsed {
     Source(Source),
     /// Never limited: non-IP (ARP …), IPv6 neighbour and router discovery.
     NotLimited,
-    /// Truncated, malformed or beyond the header walk's bound: passed and counted.
+    /// Its source cannot be read (truncated or malformed fixed header, too many VLAN tags):
+    /// passed and counted.
     Unparsed,
 }
 
@@ -200,10 +212,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
     if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HDR_LEN {
         return Parsed::Unparsed;
     }
-    // … all of it (with its options) inside the packet.
-    if header_len > IPV4_MIN_HDR_LEN && !has(ctx, l3, header_len) {
-        return Parsed::Unparsed;
-    }
+    // Options cut short or not, the source is known: it is keyed by it.
     Parsed::Source(Source::V4(source))
 }
 
@@ -233,7 +242,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 // Type, code, checksum: the whole ICMPv6 header, and never a 1-byte read at a
                 // variable offset (see the module's notes on the verifier).
                 let Some([icmp_type, ..]) = read::<[u8; ICMPV6_HDR_LEN]>(ctx, offset) else {
-                    return Parsed::Unparsed;
+                    return Parsed::Source(Source::V6(source));
                 };
                 // Neighbour discovery is only valid with hop limit 255 (RFC 4861 §6.1, §7.1):
                 // anything else claiming to be ND is no ND, and is limited like other traffic
@@ -260,13 +269,13 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
             _ => return Parsed::Source(Source::V6(source)),
         }
         if round == MAX_EXT_HEADERS {
-            // One extension header too many.
-            return Parsed::Unparsed;
+            // One extension header too many: keyed by the source all the same.
+            return Parsed::Source(Source::V6(source));
         }
         let len = match next {
             IPPROTO_FRAGMENT => {
                 let Some(frag) = read::<[u8; IPV6_FRAG_HDR_LEN]>(ctx, offset) else {
-                    return Parsed::Unparsed;
+                    return Parsed::Source(Source::V6(source));
                 };
                 // The fragment offset: the upper 13 bits of bytes 2–3.
                 if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
@@ -280,7 +289,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 // Next header, then the length, not counting the first 8 bytes: in 4-byte
                 // units for AH, in 8-byte units for the others.
                 let Some([nh, units]) = read::<[u8; 2]>(ctx, offset) else {
-                    return Parsed::Unparsed;
+                    return Parsed::Source(Source::V6(source));
                 };
                 let len = if next == IPPROTO_AH {
                     (usize::from(units) + 2) * 4
@@ -293,9 +302,9 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         };
         // The whole extension header must be inside the packet.
         if !has(ctx, offset, len) {
-            return Parsed::Unparsed;
+            return Parsed::Source(Source::V6(source));
         }
         offset += len;
     }
-    Parsed::Unparsed
+    Parsed::Source(Source::V6(source))
 }

@@ -3,12 +3,15 @@
 //! [`XdpObject`] has maps of its own, pinned in a directory of its own that is removed on drop.
 
 use crate::agent::{ensure_bpffs, TEST_BPFFS};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use limiter_common::bucket::Limit;
 use limiter_common::maps::{
-    counter_index, Counter, DatapathConfig, BUCKETS_MAP, CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG,
+    counter_index, Counter, DatapathConfig, RuleEntry, ACTION_DENY, BUCKETS_MAP,
+    CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG, RULES_V4_MAP,
+    RULES_V6_MAP,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -114,6 +117,37 @@ impl XdpObject {
             )
             .expect("writing the CONFIG map");
         object
+    }
+
+    /// Adds a `deny` rule for `addr/prefix_len` (IPv4 in the first 4 bytes of `addr` when
+    /// `ipv4`), as the agent would write it.
+    pub fn deny(&mut self, ipv4: bool, addr: [u8; 16], prefix_len: u32) {
+        let entry = RuleEntry {
+            id: 7,
+            action: ACTION_DENY,
+            flags: 0,
+            prefix_len,
+            limit: Limit::new(1, 1),
+        };
+        let flag = if ipv4 {
+            let mut rules: LpmTrie<_, [u8; 4], RuleEntry> =
+                LpmTrie::try_from(self.ebpf.map_mut(RULES_V4_MAP).expect("RULES_V4")).unwrap();
+            let key = LpmKey::new(prefix_len, [addr[0], addr[1], addr[2], addr[3]]);
+            rules.insert(&key, entry, 0).expect("writing RULES_V4");
+            CONFIG_HAS_RULES_V4
+        } else {
+            let mut rules: LpmTrie<_, [u8; 16], RuleEntry> =
+                LpmTrie::try_from(self.ebpf.map_mut(RULES_V6_MAP).expect("RULES_V6")).unwrap();
+            rules
+                .insert(&LpmKey::new(prefix_len, addr), entry, 0)
+                .expect("writing RULES_V6");
+            CONFIG_HAS_RULES_V6
+        };
+        let mut config: Array<_, DatapathConfig> =
+            Array::try_from(self.ebpf.map_mut(CONFIG_MAP).expect("CONFIG")).unwrap();
+        let mut value = config.get(&0, 0).expect("reading CONFIG");
+        value.flags |= flag;
+        config.set(0, value, 0).expect("writing CONFIG");
     }
 
     fn program(&self) -> &Xdp {

@@ -255,8 +255,9 @@ fn model(frame: &[u8]) -> Class {
             let Some(header) = frame.get(l3..l3 + 20) else {
                 return Class::Unparsed;
             };
+            // Options cut short or not: the source is known, so it is keyed by it.
             let ihl = usize::from(header[0] & 0x0f);
-            if header[0] >> 4 != 4 || ihl < 5 || frame.len() < l3 + ihl * 4 {
+            if header[0] >> 4 != 4 || ihl < 5 {
                 return Class::Unparsed;
             }
             Class::Limited
@@ -284,7 +285,7 @@ fn model(frame: &[u8]) -> Class {
                 if is_ext {
                     exts += 1;
                     if exts > 6 {
-                        return Class::Unparsed;
+                        return Class::Limited;
                     }
                 }
                 let len = match next {
@@ -294,7 +295,7 @@ fn model(frame: &[u8]) -> Class {
                     IPPROTO_AH => frame.get(at + 1).map(|&units| (usize::from(units) + 2) * 4),
                     IPPROTO_FRAGMENT => {
                         if frame.len() < at + 8 {
-                            return Class::Unparsed;
+                            return Class::Limited;
                         }
                         if be16(at + 2).unwrap() >> 3 != 0 {
                             return Class::Limited;
@@ -304,7 +305,7 @@ fn model(frame: &[u8]) -> Class {
                     IPPROTO_ICMPV6 => {
                         // Type, code and checksum must be there.
                         return match frame.get(at..at + 4) {
-                            None => Class::Unparsed,
+                            None => Class::Limited,
                             // ND only with hop limit 255 (RFC 4861).
                             Some([133..=137, ..]) if header[7] == 255 => Class::NotLimited,
                             // MLD only with hop limit 1 from fe80::/10 or :: (RFC 3810).
@@ -325,7 +326,7 @@ fn model(frame: &[u8]) -> Class {
                         next = frame[at];
                         at += len;
                     }
-                    _ => return Class::Unparsed,
+                    _ => return Class::Limited,
                 }
             }
         }
@@ -425,10 +426,10 @@ fn table() -> Vec<Case> {
     }
     let mut frame = ipv4_udp(s.v4());
     frame[14] = 0x4f;
-    case("IPv4 IHL 15 past the packet's end", frame, Unparsed);
+    case("IPv4 IHL 15 past the packet's end", frame, Limited);
     let mut frame = v4(s.v4(), &[1; 4], 0, &[]);
     frame.pop();
-    case("IPv4 IHL 6, options cut by a byte", frame, Unparsed);
+    case("IPv4 IHL 6, options cut by a byte", frame, Limited);
     for version in [0u8, 5, 6, 15] {
         let mut frame = ipv4_udp(s.v4());
         frame[14] = version << 4 | 5;
@@ -477,13 +478,13 @@ fn table() -> Vec<Case> {
     case(
         "IPv6 ICMPv6, no header",
         v6(&[], s.v6(), &[], icmp, &[]),
-        Unparsed,
+        Limited,
     );
     let nd_cut = [135, 0, 0];
     case(
         "IPv6 ICMPv6 NS cut to 3 bytes",
         v6(&[], s.v6(), &[], icmp, &nd_cut),
-        Unparsed,
+        Limited,
     );
     for version in [0u8, 4, 7, 15] {
         let mut frame = ipv6_udp(s.v6());
@@ -615,21 +616,21 @@ fn table() -> Vec<Case> {
     );
     let seven = [six.as_slice(), &[dst]].concat();
     let name = "IPv6 seven extension headers, UDP";
-    case(name, v6(&[], s.v6(), &seven, IPPROTO_UDP, &udp_x), Unparsed);
+    case(name, v6(&[], s.v6(), &seven, IPPROTO_UDP, &udp_x), Limited);
     let name = "IPv6 seven extension headers, ND NS";
-    case(name, v6(&[], s.v6(), &seven, icmp, &ns), Unparsed);
+    case(name, v6(&[], s.v6(), &seven, icmp, &ns), Limited);
     let name = "IPv6 seven extension headers, the last a later fragment";
     let seven_later = [six.as_slice(), &[later(3)]].concat();
     case(
         name,
         v6(&[], s.v6(), &seven_later, IPPROTO_UDP, &[0; 8]),
-        Unparsed,
+        Limited,
     );
     let name = "IPv6 twenty Destination Options headers";
     case(
         name,
         v6(&[], s.v6(), &[dst; 20], IPPROTO_UDP, &udp_x),
-        Unparsed,
+        Limited,
     );
     // A Hop-by-Hop header saying 40 bytes, in a packet with 16 after the IPv6 header.
     let mut frame = v6(&[], s.v6(), &[hbh], IPPROTO_UDP, &udp(b""));
@@ -637,22 +638,22 @@ fn table() -> Vec<Case> {
     case(
         "IPv6 Hop-by-Hop running past the packet's end",
         frame,
-        Unparsed,
+        Limited,
     );
     // An AH saying (6 + 2)·4 = 32 bytes, with 24 there.
     let mut frame = v6(&[], s.v6(), &[Ext::Ah(4)], IPPROTO_NONE, &[]);
     frame[14 + 40 + 1] = 6;
-    case("IPv6 AH running past the packet's end", frame, Unparsed);
+    case("IPv6 AH running past the packet's end", frame, Limited);
     let name = "IPv6 Hop-by-Hop cut after its first byte";
-    case(name, v6(&[], s.v6(), &[], IPPROTO_HOPOPTS, &[17]), Unparsed);
+    case(name, v6(&[], s.v6(), &[], IPPROTO_HOPOPTS, &[17]), Limited);
     let name = "IPv6 fragment header cut to 4 bytes";
     case(
         name,
         v6(&[], s.v6(), &[], IPPROTO_FRAGMENT, &[17, 0, 0, 0]),
-        Unparsed,
+        Limited,
     );
     let name = "IPv6 Destination Options, then ICMPv6 without a header";
-    case(name, v6(&[], s.v6(), &[dst], icmp, &[]), Unparsed);
+    case(name, v6(&[], s.v6(), &[dst], icmp, &[]), Limited);
 
     // VLAN tags.
     for (tags, name) in [
@@ -725,12 +726,17 @@ fn table() -> Vec<Case> {
             class,
         );
     }
-    let nd = v6(&[ETH_P_8021Q], s.v6(), &[hbh, dst], icmp, &ns);
-    for len in (14..=nd.len()).rev() {
+    let nd_len = v6(&[ETH_P_8021Q], s.v6(), &[hbh, dst], icmp, &ns).len();
+    for len in (14..=nd_len).rev() {
+        // A source of its own for each: the cut ones are limited.
+        let nd = v6(&[ETH_P_8021Q], s.v6(), &[hbh, dst], icmp, &ns);
         let frame = nd[..len].to_vec();
-        // VLAN, IPv6, two extension headers, the 4-byte ICMPv6 header.
+        // VLAN, IPv6, two extension headers, the 4-byte ICMPv6 header; cut short after the
+        // IPv6 header, it is keyed by its source.
         let class = if len >= 18 + 40 + 16 + 4 {
             NotLimited
+        } else if len >= 18 + 40 {
+            Limited
         } else {
             Unparsed
         };
@@ -863,6 +869,44 @@ fn every_packet_shape_gets_its_class() {
         "{} of {} packet shapes got the wrong class:\n{}",
         wrong.len(),
         cases.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Wherever the source is known, its rules apply whatever follows its header: a denied source
+/// gets nothing through with an extension header too many, one cut short, options cut short or
+/// an ICMPv6 header missing. Every shape the table calls limited, from a denied source, is
+/// dropped as denied.
+#[test]
+fn a_denied_source_is_denied_whatever_follows_its_header() {
+    require_root();
+    let mut object = XdpObject::load(1_000_000, 1_000_000);
+    let mut v6 = [0u8; 16];
+    v6[..4].copy_from_slice(&[0x20, 0x01, 0, 0x02]);
+    object.deny(false, v6, 32);
+    let mut link_local = [0u8; 16];
+    link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+    object.deny(false, link_local, 10);
+    let mut v4 = [0u8; 16];
+    v4[..2].copy_from_slice(&[198, 18]);
+    object.deny(true, v4, 16);
+    let mut wrong = Vec::new();
+    let limited: Vec<Case> = table()
+        .into_iter()
+        .filter(|case| case.class == Class::Limited)
+        .collect();
+    for case in &limited {
+        let denied = object.counter(Counter::DeniedByRule);
+        let verdict = object.run(&case.frame);
+        if verdict != XDP_DROP || object.counter(Counter::DeniedByRule) != denied + 1 {
+            wrong.push(format!("{}: verdict {verdict}, not denied", case.name));
+        }
+    }
+    assert!(
+        limited.len() > 100 && wrong.is_empty(),
+        "{} of {} shapes from a denied source got through:\n{}",
+        wrong.len(),
+        limited.len(),
         wrong.join("\n")
     );
 }

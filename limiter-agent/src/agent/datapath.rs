@@ -8,12 +8,13 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use limiter_common::bucket::{self, Limit};
+use limiter_common::charge::{self, Charge};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
     counter_index, BucketKey, BucketState, Counter, DatapathConfig, RuleEntry, BUCKETS_MAP,
     CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES,
     DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP,
-    RULES_V6_MAP, RULE_SHARED,
+    RULES_V6_MAP,
 };
 use std::collections::HashMap as StdHashMap;
 
@@ -37,6 +38,8 @@ pub struct Datapath {
     applied: Option<Config>,
     /// The overrides in force (set by `set_overrides`).
     override_rules: Vec<ResolvedRule>,
+    /// What CONFIG holds (set by `write_config`).
+    written: Option<DatapathConfig>,
 }
 
 /// A pair of LPM tries (IPv4, IPv6) of [`RuleEntry`].
@@ -49,13 +52,6 @@ impl RuleTries {
     /// Makes the tries hold exactly `rules`: new entries first, stale ones removed after, so a
     /// packet never finds a CIDR that is in neither the old nor the new set.
     fn write(&mut self, rules: &[ResolvedRule]) -> anyhow::Result<()> {
-        let entry = |rule: &ResolvedRule| RuleEntry {
-            id: rule.id,
-            action: rule.action_code(),
-            flags: if rule.shared { RULE_SHARED } else { 0 },
-            prefix_len: rule.cidr.prefix_len() as u32,
-            limit: rule.limit,
-        };
         let mut wanted_v4 = Vec::new();
         let mut wanted_v6 = Vec::new();
         for rule in rules {
@@ -64,13 +60,13 @@ impl RuleTries {
             if rule.cidr.is_ipv4() {
                 let key = LpmKey::new(len, <[u8; 4]>::try_from(&octets[..]).unwrap());
                 self.v4
-                    .insert(&key, entry(rule), 0)
+                    .insert(&key, rule.entry(), 0)
                     .context("writing an IPv4 rule trie")?;
                 wanted_v4.push((len, key.data()));
             } else {
                 let key = LpmKey::new(len, <[u8; 16]>::try_from(&octets[..]).unwrap());
                 self.v6
-                    .insert(&key, entry(rule), 0)
+                    .insert(&key, rule.entry(), 0)
                     .context("writing an IPv6 rule trie")?;
                 wanted_v6.push((len, key.data()));
             }
@@ -133,6 +129,7 @@ impl Datapath {
             limits: StdHashMap::new(),
             applied: None,
             override_rules: Vec::new(),
+            written: None,
         })
     }
 
@@ -165,6 +162,7 @@ impl Datapath {
         self.config_map
             .set(0, datapath, 0)
             .context("writing the CONFIG map")?;
+        self.written = Some(datapath);
         self.limits = config
             .resolved_rules()
             .iter()
@@ -178,19 +176,32 @@ impl Datapath {
         Ok(())
     }
 
-    /// The rule the datapath applies to sources in `prefix`: the longest-prefix override, else
-    /// the longest-prefix rule, else `[limits]` (id 0) — the same order as the XDP program.
+    /// The rule the datapath applies to sources in `prefix` (its address, for a host): chosen
+    /// by the datapath's own code, with the agent's lists of overrides and rules as the
+    /// lookups; `[limits]` (id 0) when none applies.
     pub fn rule_in_force(&self, prefix: &Prefix) -> ResolvedRule {
-        longest_match(&self.override_rules, prefix)
-            .or_else(|| self.config().rule_for(prefix))
-            .unwrap_or_else(|| ResolvedRule {
-                id: DEFAULT_RULE_ID,
-                name: "default".to_owned(),
-                cidr: Prefix::new(prefix.addr(), 0),
-                action: Action::Limit,
-                limit: self.config().default_limit(),
-                shared: false,
-            })
+        let rules = self.config().resolved_rules();
+        charge::find_rule(
+            prefix.is_ipv4(),
+            self.written(),
+            || longest_match(&self.override_rules, prefix),
+            || longest_match(&rules, prefix),
+        )
+        .unwrap_or_else(|| ResolvedRule {
+            id: DEFAULT_RULE_ID,
+            name: "default".to_owned(),
+            cidr: Prefix::new(prefix.addr(), 0),
+            action: Action::Limit,
+            limit: self.config().default_limit(),
+            shared: false,
+        })
+    }
+
+    /// What CONFIG holds.
+    fn written(&self) -> &DatapathConfig {
+        self.written
+            .as_ref()
+            .expect("a configuration is written before the datapath is shared")
     }
 
     /// The configuration in force.
@@ -320,18 +331,10 @@ impl Datapath {
         let now = monotonic_now_ns();
         let rule = self.rule_in_force(source);
         let mut entries = Vec::new();
-        if rule.action == Action::Limit {
-            let config = self.config();
-            let prefix = if rule.shared {
-                rule.cidr
-            } else {
-                Prefix::key_of_source(
-                    source.addr(),
-                    config.limits.ipv4_prefix,
-                    config.limits.ipv6_prefix,
-                )
-            };
-            let key = prefix.to_bucket_key(rule.id);
+        let entry = (rule.id != DEFAULT_RULE_ID).then(|| rule.entry());
+        if let Charge::Bucket { key, .. } =
+            charge::charge(&source.source(), self.written(), entry.as_ref())
+        {
             match self.buckets.get(&key, 0) {
                 Ok(state) => entries.push((key, state)),
                 Err(MapError::KeyNotFound) => {}

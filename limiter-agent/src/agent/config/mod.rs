@@ -9,8 +9,9 @@ pub use webhook::WebhookUrl;
 use limiter_common::bucket::{Limit, NANOS_PER_SEC};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
-    DatapathConfig, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, CONFIG_DRY_RUN, CONFIG_HAS_RULES_V4,
-    CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID, LAYOUT_VERSION, MAX_RULES,
+    DatapathConfig, RuleEntry, ACTION_ALLOW, ACTION_DENY, ACTION_LIMIT, CONFIG_DRY_RUN,
+    CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_LIMIT_NEW_KEYS, DEFAULT_RULE_ID,
+    LAYOUT_VERSION, MAX_RULES, RULE_SHARED,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use std::num::NonZeroU64;
@@ -358,11 +359,6 @@ impl Config {
             .collect()
     }
 
-    /// The rule with the longest CIDR containing `prefix`, if any.
-    pub fn rule_for(&self, prefix: &Prefix) -> Option<ResolvedRule> {
-        longest_match(&self.resolved_rules(), prefix)
-    }
-
     /// The default limit as the datapath applies it.
     pub fn default_limit(&self) -> Limit {
         Limit::new(self.limits.rate.get(), self.limits.burst.get())
@@ -445,6 +441,17 @@ impl ResolvedRule {
             Action::Allow => ACTION_ALLOW,
             Action::Deny => ACTION_DENY,
             Action::Limit => ACTION_LIMIT,
+        }
+    }
+
+    /// The rule as the datapath's tries hold it.
+    pub fn entry(&self) -> RuleEntry {
+        RuleEntry {
+            id: self.id,
+            action: self.action_code(),
+            flags: if self.shared { RULE_SHARED } else { 0 },
+            prefix_len: u32::from(self.cidr.prefix_len()),
+            limit: self.limit,
         }
     }
 }
@@ -677,15 +684,10 @@ mod tests {
         assert_eq!(rules[1].limit, Limit::new(50, 100));
         assert!(rules[1].shared);
         let in_office: Prefix = "198.18.7.9".parse().unwrap();
-        assert_eq!(config.rule_for(&in_office).unwrap().name, "office");
-        assert_eq!(
-            config
-                .rule_for(&"198.18.9.9".parse().unwrap())
-                .unwrap()
-                .name,
-            "lab"
-        );
-        assert!(config.rule_for(&"198.19.0.1".parse().unwrap()).is_none());
+        let rule_for = |p: &str| longest_match(&rules, &p.parse().unwrap()).map(|r| r.name);
+        assert_eq!(longest_match(&rules, &in_office).unwrap().name, "office");
+        assert_eq!(rule_for("198.18.9.9").as_deref(), Some("lab"));
+        assert!(rule_for("198.19.0.1").is_none());
         let datapath = config.datapath();
         assert_eq!(
             datapath.flags,
