@@ -75,6 +75,16 @@ pub struct BucketKey {
     pub addr: [u8; 16],
 }
 
+/// What the agent hands the reset program (`RESET_PROG`) as packet data: give `key` a full
+/// bucket (`tat_at_most` = `FULL_BUCKET_TAT`), or bring its TAT down to at most `tat_at_most`
+/// (after its limit was raised: a key never waits longer than its limit in force says).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetRequest {
+    pub key: BucketKey,
+    pub tat_at_most: u64,
+}
+
 /// One key's bucket and counters (40 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -292,14 +302,16 @@ pub const fn counter_index(slot: u32, counter: Counter) -> u32 {
 }
 
 #[cfg(feature = "user")]
-impl BucketKey {
-    /// The key's bytes as the kernel sees them (the reset program reads them as packet data).
+impl ResetRequest {
+    /// The request's bytes as the kernel sees them (the reset program reads them as packet
+    /// data).
     pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: BucketKey is #[repr(C)] without implicit padding, so every byte is initialised.
+        // SAFETY: ResetRequest is #[repr(C)] without implicit padding (a 24-byte key, then a
+        // u64), so every byte is initialised.
         unsafe {
             core::slice::from_raw_parts(
-                (self as *const BucketKey).cast::<u8>(),
-                core::mem::size_of::<BucketKey>(),
+                (self as *const ResetRequest).cast::<u8>(),
+                core::mem::size_of::<ResetRequest>(),
             )
         }
     }
@@ -325,6 +337,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<BucketKey>(), 1 + 1 + 2 + 4 + 16);
         assert_eq!(size_of::<BucketState>(), 8 * 5);
+        assert_eq!(size_of::<ResetRequest>(), size_of::<BucketKey>() + 8);
         assert_eq!(size_of::<RuleEntry>(), 4 * 4 + 16);
         assert_eq!(size_of::<DatapathConfig>(), 16 + 16 + 4 * 4);
         assert_eq!(

@@ -29,7 +29,8 @@ use limiter_common::{
     bucket::{admit, Limit, FULL_BUCKET_TAT},
     charge::{self, words_to_bytes, Charge},
     maps::{
-        counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent, RuleEntry,
+        counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent, ResetRequest,
+        RuleEntry,
         BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU,
         EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
     },
@@ -97,25 +98,52 @@ pub fn limiter(ctx: XdpContext) -> u32 {
     charge_key(&ctx, config, &key, &limit, dry_run)
 }
 
-/// Gives one tracked key a full bucket. Run by the agent through `BPF_PROG_TEST_RUN` with the
-/// `BucketKey` as packet data; returns `XDP_PASS` when the key was tracked, `XDP_DROP` when not.
-/// Only the bucket's TAT is written: counters the datapath adds to at the same time stay intact.
+/// Gives one tracked key a full bucket, or brings its TAT down to a bound. Run by the agent
+/// through `BPF_PROG_TEST_RUN` with a `ResetRequest` as packet data; returns `XDP_PASS` when the
+/// key was tracked, `XDP_DROP` when not. Only the bucket's TAT is written: counters the datapath
+/// adds to at the same time stay intact.
 #[xdp]
 pub fn limiter_reset(ctx: XdpContext) -> u32 {
-    let Some(key) = parse::ptr_at::<BucketKey>(&ctx, 0) else {
+    let Some(request) = parse::ptr_at::<ResetRequest>(&ctx, 0) else {
         return xdp_action::XDP_ABORTED;
     };
-    // Map helpers take keys from the stack.
-    let key = unsafe { *key };
-    match BUCKETS.get_ptr_mut(key) {
-        Some(state) => {
-            unsafe { write_volatile(addr_of_mut!((*state).tat_ns), FULL_BUCKET_TAT) };
-            // A full bucket is not exhausted: its next exhaustion is a new event.
-            clear_notified(state);
-            xdp_action::XDP_PASS
+    // SAFETY: `ptr_at` checked the request is inside the packet; map helpers take keys from the
+    // stack, hence the copy.
+    let request = unsafe { request.read_unaligned() };
+    let Some(state) = BUCKETS.get_ptr_mut(request.key) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: the map value lives while this program runs; its fields are updated atomically or
+    // with a single aligned store.
+    let tat = unsafe { addr_of_mut!((*state).tat_ns) };
+    if request.tat_at_most == FULL_BUCKET_TAT {
+        // SAFETY: as above.
+        unsafe { write_volatile(tat, FULL_BUCKET_TAT) };
+        // A full bucket is not exhausted: its next exhaustion is a new event.
+        clear_notified(state);
+    } else {
+        // Lower it, never raise it: packets passed meanwhile keep their place.
+        // SAFETY: as above.
+        let mut current = unsafe { read_volatile(tat) };
+        for _ in 0..CAS_ATTEMPTS {
+            if current <= request.tat_at_most {
+                break;
+            }
+            // SAFETY: as above.
+            let (seen, swapped) = unsafe {
+                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    tat,
+                    current,
+                    request.tat_at_most,
+                )
+            };
+            if swapped {
+                break;
+            }
+            current = seen;
         }
-        None => xdp_action::XDP_DROP,
     }
+    xdp_action::XDP_PASS
 }
 
 /// The rule in force for the source (see `limiter_common::charge::find_rule`), looked up in the

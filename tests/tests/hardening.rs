@@ -453,3 +453,44 @@ fn pins_of_a_build_with_another_map_layout_are_named_as_such() {
         agent.log()
     );
 }
+
+#[test]
+fn raising_a_limit_frees_an_exhausted_key_at_once() {
+    let net = TestNet::new(2, 1);
+    let agent = Agent::start(&net, Some("[limits]\nrate = 1\nburst = 100\n"));
+    let target = SocketAddr::new(net.gateway_ip(), 9);
+    let passed = |source: &str| agent.json(&["inspect", source])["passed"].as_u64().unwrap();
+    // Exhausted under 1/s with a burst of 100: its TAT is 100 s ahead.
+    agent.json(&["limit", "198.18.0.10", "--rate", "1", "--burst", "100"]);
+    net.client(0).burst(target, 150);
+    net.client(1).burst(target, 150);
+    eventually("both keys exhausted", || {
+        ["198.18.0.10", "198.18.0.11"]
+            .iter()
+            .all(|s| agent.json(&["inspect", s])["exhausted"] == true)
+    });
+
+    // Raised by an override, and by a reload of [limits]: both pass again within moments,
+    // not in 99 s.
+    agent.json(&[
+        "limit",
+        "198.18.0.10",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ]);
+    agent.write_config("[limits]\nrate = 100000\nburst = 100000\n");
+    assert_eq!(agent.cli(&["reload"]).code, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    for (i, source) in ["198.18.0.10", "198.18.0.11"].iter().enumerate() {
+        let before = passed(source);
+        net.client(i).burst(target, 50);
+        eventually("the burst is counted", || passed(source) >= before + 50);
+        let key = agent.json(&["inspect", source]);
+        assert!(
+            key["retry_after_ms"].as_u64() == Some(0),
+            "{source} still waits: {key}"
+        );
+    }
+}

@@ -7,14 +7,14 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
-use limiter_common::bucket::{self, Limit};
+use limiter_common::bucket::{self, Limit, FULL_BUCKET_TAT};
 use limiter_common::charge::{self, Charge};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
-    counter_index, BucketKey, BucketState, Counter, DatapathConfig, RuleEntry, BUCKETS_MAP,
-    CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES,
-    DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP,
-    RULES_V6_MAP,
+    counter_index, BucketKey, BucketState, Counter, DatapathConfig, ResetRequest, RuleEntry,
+    BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_MAP, COUNTERS_MAP,
+    COUNTER_ENTRIES, DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP,
+    RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
 use std::collections::HashMap as StdHashMap;
 
@@ -163,6 +163,7 @@ impl Datapath {
             .set(0, datapath, 0)
             .context("writing the CONFIG map")?;
         self.written = Some(datapath);
+        let before = std::mem::take(&mut self.limits);
         self.limits = config
             .resolved_rules()
             .iter()
@@ -173,6 +174,13 @@ impl Datapath {
                 ("default".to_owned(), datapath.default_limit),
             )])
             .collect();
+        let brought = self.bring_back_stale(&before)?;
+        if brought > 0 {
+            tracing::info!(
+                keys = brought,
+                "limits raised: keys exhausted under the lower ones wait no longer than the new ones allow"
+            );
+        }
         Ok(())
     }
 
@@ -350,14 +358,24 @@ impl Datapath {
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).
     pub fn reset(&self, key: &BucketKey) -> anyhow::Result<bool> {
+        self.lower_tat(key, FULL_BUCKET_TAT)
+    }
+
+    /// Brings `key`'s TAT down to at most `tat_at_most` (`FULL_BUCKET_TAT`: a full bucket), in
+    /// the kernel; false when it is not tracked (any more).
+    fn lower_tat(&self, key: &BucketKey, tat_at_most: u64) -> anyhow::Result<bool> {
         let program: &Xdp = self
             .ebpf
             .program(RESET_PROG)
             .ok_or_else(|| anyhow!("no program {RESET_PROG}"))?
             .try_into()?;
+        let request = ResetRequest {
+            key: *key,
+            tat_at_most,
+        };
         let result = program
             .test_run(TestRunOptions {
-                data_in: Some(key.as_bytes()),
+                data_in: Some(request.as_bytes()),
                 ..TestRunOptions::new()
             })
             .context("running the reset program")?;
@@ -366,6 +384,40 @@ impl Datapath {
             RESET_NOT_TRACKED => Ok(false),
             other => Err(anyhow!("the reset program answered {other}")),
         }
+    }
+
+    /// After the limits changed: a key whose limit now allows a shorter wait than its TAT says
+    /// (a lower limit exhausted it, then a reload or an override raised it) gets its TAT brought
+    /// down to what the new limit allows at most, so that it waits no longer than that. How many.
+    fn bring_back_stale(&self, before: &StdHashMap<u32, (String, Limit)>) -> anyhow::Result<u64> {
+        let lowered: StdHashMap<u32, Limit> = self
+            .limits
+            .iter()
+            .filter(|(id, (_, limit))| {
+                before
+                    .get(id)
+                    .is_some_and(|(_, old)| old.tolerance_ns > limit.tolerance_ns)
+            })
+            .map(|(id, (_, limit))| (*id, *limit))
+            .collect();
+        if lowered.is_empty() {
+            return Ok(0);
+        }
+        let now = monotonic_now_ns();
+        let mut stale = Vec::new();
+        self.for_each_bucket(|key, state| {
+            if let Some(limit) = lowered.get(&key.rule_id) {
+                if state.tat_ns > now.saturating_add(limit.tolerance_ns) {
+                    stale.push((*key, *limit));
+                }
+            }
+        })?;
+        let mut brought = 0;
+        for (key, limit) in stale {
+            let latest = monotonic_now_ns().saturating_add(limit.tolerance_ns);
+            brought += self.lower_tat(&key, latest)? as u64;
+        }
+        Ok(brought)
     }
 }
 
