@@ -79,6 +79,12 @@ pub struct ConfigInfo {
     /// `[agent] new_keys_per_sec`: keys created per second at most; `null`: no bound.
     #[serde(default)]
     pub new_keys_per_sec: Option<u64>,
+    /// Keys created at once at most; `null`: no bound.
+    #[serde(default)]
+    pub new_keys_burst: Option<u64>,
+    /// Where the bound comes from: "default" (derived from max_keys), "config", or "off".
+    #[serde(default)]
+    pub new_keys_bound: String,
     pub pin_path: String,
 }
 

@@ -305,7 +305,10 @@ fn a_random_source_flood_beyond_max_keys_does_not_free_a_heavy_hitter() {
     const RATE: u64 = 10;
     const BURST: u64 = 20;
     let net = TestNet::new(0, 1);
-    let config = format!("[limits]\nrate = {RATE}\nburst = {BURST}\n\n[agent]\nmax_keys = 512\n");
+    // Without a bound on new keys: the LRU table alone must keep the heavy hitter.
+    let config = format!(
+        "[limits]\nrate = {RATE}\nburst = {BURST}\n\n[agent]\nmax_keys = 512\nnew_keys_per_sec = \"off\"\n"
+    );
     let agent = Agent::start(&net, Some(&config));
     let sender = RawSender::new(&net.clients, &net.client_if);
     let gateway = Ipv4Addr::new(198, 18, 0, 1);

@@ -376,8 +376,28 @@ fn new_keys_are_bounded_under_a_flood_of_new_sources_and_reload_changes_the_boun
     let second = flood(&agent, &sender, 2000..2500, false);
     assert_bounded(&second, "flood after the refused reload");
 
-    // A reload without the key lifts the bound: every new source gets its key.
+    // A reload without the key brings the default bound back: max_keys / 100 per second, at
+    // least 100, and a tenth of max_keys (at least 1000) at once.
     agent.write_config(&config(None));
+    assert_eq!(agent.json(&["reload"])["reloaded"], true);
+    let status = agent.json(&["status"]);
+    assert_eq!(
+        (
+            status["config"]["new_keys_per_sec"].as_u64(),
+            status["config"]["new_keys_burst"].as_u64(),
+            status["config"]["new_keys_bound"].as_str()
+        ),
+        (Some(100), Some(1000), Some("default")),
+        "{status}"
+    );
+    let human = agent.cli(&["status"]).stdout;
+    assert!(
+        human.contains("new keys         at most 100/s, 1000 at once (default: max_keys / 100)"),
+        "{human}"
+    );
+
+    // "off" lifts the bound: every new source gets its key.
+    agent.write_config(&config(Some("\"off\"")));
     assert_eq!(agent.json(&["reload"])["reloaded"], true);
     let status = agent.json(&["status"]);
     assert!(status["config"]["new_keys_per_sec"].is_null(), "{status}");
@@ -408,7 +428,8 @@ fn a_table_turning_over_without_a_bound_is_warned_about_once() {
     let agent = Agent::start(
         &net,
         Some(&format!(
-            "[limits]\nrate = 100000\nburst = 100000\n\n[agent]\nmax_keys = {MAX_KEYS}\n"
+            "[limits]\nrate = 100000\nburst = 100000\n\n[agent]\nmax_keys = {MAX_KEYS}\n\
+             new_keys_per_sec = \"off\"\n"
         )),
     );
     let what = "keys created in the last 10 s";

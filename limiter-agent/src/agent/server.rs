@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use limiter_common::key::Prefix;
-use std::num::NonZeroU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -102,7 +101,17 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, AgentError>
                 ipv4_prefix: limits.ipv4_prefix,
                 ipv6_prefix: limits.ipv6_prefix,
                 max_keys: config.agent.max_keys,
-                new_keys_per_sec: config.agent.new_keys_per_sec.map(NonZeroU64::get),
+                new_keys_per_sec: config
+                    .agent
+                    .new_keys_per_sec
+                    .rate_and_burst(config.agent.max_keys)
+                    .map(|(rate, _)| rate),
+                new_keys_burst: config
+                    .agent
+                    .new_keys_per_sec
+                    .rate_and_burst(config.agent.max_keys)
+                    .map(|(_, burst)| burst),
+                new_keys_bound: config.agent.new_keys_per_sec.source().to_owned(),
                 pin_path: state.pin_path.display().to_string(),
             },
         }))

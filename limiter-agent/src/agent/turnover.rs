@@ -99,7 +99,13 @@ impl Turnover {
         self.created.push_back(created);
         let recent: u64 = self.created.iter().sum();
         let max_keys = self.config.borrow().agent.max_keys;
-        let new_keys_per_sec = self.config.borrow().agent.new_keys_per_sec;
+        let new_keys_per_sec = self
+            .config
+            .borrow()
+            .agent
+            .new_keys_per_sec
+            .rate_and_burst(max_keys)
+            .map(|(rate, _)| rate);
         if new_keys_per_sec.is_none()
             && max_keys > 0
             && recent >= u64::from(max_keys)

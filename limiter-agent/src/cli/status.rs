@@ -31,9 +31,21 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
         ),
         (
             "new keys",
-            match c.new_keys_per_sec {
-                Some(rate) => format!("at most {rate}/s"),
-                None => "no bound".to_owned(),
+            match (c.new_keys_per_sec, c.new_keys_burst) {
+                (Some(rate), burst) => format!(
+                    "at most {rate}/s{}{} — during a flood of new sources a genuinely new client \
+                     may lose its first packets",
+                    burst
+                        .filter(|b| *b != rate)
+                        .map(|b| format!(", {b} at once"))
+                        .unwrap_or_default(),
+                    if c.new_keys_bound == "default" {
+                        " (default: max_keys / 100)"
+                    } else {
+                        ""
+                    }
+                ),
+                (None, _) => "no bound (new_keys_per_sec = \"off\")".to_owned(),
             },
         ),
         ("exhausted keys", status.exhausted_keys.to_string()),

@@ -1594,6 +1594,8 @@ mod tests {
                 ipv6_prefix: 64,
                 max_keys: 1000,
                 new_keys_per_sec: None,
+                new_keys_burst: None,
+                new_keys_bound: "off".to_owned(),
                 pin_path: "/sys/fs/bpf/limiter".to_owned(),
             },
         }

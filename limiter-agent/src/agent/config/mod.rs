@@ -86,16 +86,96 @@ pub struct AgentSection {
     /// Keys tracked at once; the least recently used are evicted beyond it.
     #[serde(default = "default_max_keys", deserialize_with = "max_keys")]
     pub max_keys: u32,
-    /// Keys created per second at most, all sources together (and as many at once); absent:
-    /// no bound. Beyond it the first packet of a new key is dropped and no key is created, so
-    /// a flood from ever new (spoofed) sources neither passes on fresh buckets nor evicts the
-    /// clients already tracked.
-    #[serde(
-        default,
-        deserialize_with = "new_keys_per_sec",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub new_keys_per_sec: Option<NonZeroU64>,
+    /// Keys created per second at most, all sources together; absent: derived from
+    /// `max_keys`, `"off"`: no bound. Beyond it the first packet of a new key is dropped and no
+    /// key is created, so a flood from ever new (spoofed) sources neither passes on fresh
+    /// buckets nor evicts the clients already tracked.
+    #[serde(default)]
+    pub new_keys_per_sec: NewKeys,
+}
+
+/// `[agent] new_keys_per_sec`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NewKeys {
+    /// Not set: [`NewKeys::DEFAULT_SHARE`] of `max_keys` per second.
+    #[default]
+    Default,
+    /// `"off"`: no bound.
+    Off,
+    /// This many per second, and as many at once.
+    PerSec(NonZeroU64),
+}
+
+impl NewKeys {
+    /// The default bound is `max_keys` / this per second: a flood of new sources cannot turn
+    /// the whole table over in less than this many seconds.
+    pub const DEFAULT_SHARE: u32 = 100;
+    /// The default bound is never below this per second.
+    pub const DEFAULT_FLOOR: u64 = 100;
+
+    /// Keys created per second at most, and at once, under `max_keys`; `None`: no bound.
+    pub fn rate_and_burst(self, max_keys: u32) -> Option<(u64, u64)> {
+        match self {
+            NewKeys::Off => None,
+            NewKeys::PerSec(rate) => Some((rate.get(), rate.get())),
+            NewKeys::Default => {
+                let rate =
+                    (u64::from(max_keys) / u64::from(Self::DEFAULT_SHARE)).max(Self::DEFAULT_FLOOR);
+                // New clients come in bursts (a balancer failing over, a fleet restarting):
+                // a tenth of the table at once.
+                let burst = (u64::from(max_keys) / 10).max(10 * Self::DEFAULT_FLOOR);
+                Some((rate, burst))
+            }
+        }
+    }
+
+    /// The bound as the datapath applies it.
+    pub fn bound(self, max_keys: u32) -> Option<Limit> {
+        self.rate_and_burst(max_keys)
+            .map(|(rate, burst)| Limit::new(rate, burst))
+    }
+
+    /// Where the bound comes from, as `status` says it.
+    pub fn source(self) -> &'static str {
+        match self {
+            NewKeys::Default => "default",
+            NewKeys::Off => "off",
+            NewKeys::PerSec(_) => "config",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NewKeys {
+    /// A whole number of keys per second, at least 1, or "off".
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NewKeys, D::Error> {
+        let value = toml::Value::deserialize(d)?;
+        if value.as_str() == Some("off") {
+            return Ok(NewKeys::Off);
+        }
+        value
+            .as_integer()
+            .and_then(|n| u64::try_from(n).ok())
+            .and_then(NonZeroU64::new)
+            .map(NewKeys::PerSec)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "new_keys_per_sec must be a whole number of keys per second, at least 1, or \
+                     \"off\" for no bound (leave it out for the default, max_keys / {}), not \
+                     {value}",
+                    NewKeys::DEFAULT_SHARE
+                ))
+            })
+    }
+}
+
+impl Serialize for NewKeys {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NewKeys::Default => s.serialize_none(),
+            NewKeys::Off => s.serialize_str("off"),
+            NewKeys::PerSec(rate) => s.serialize_u64(rate.get()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -136,7 +216,7 @@ impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
             max_keys: default_max_keys(),
-            new_keys_per_sec: None,
+            new_keys_per_sec: NewKeys::Default,
         }
     }
 }
@@ -168,22 +248,6 @@ fn max_keys<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             serde::de::Error::custom(format!(
                 "max_keys must be between 1 and {}, not {value}",
                 u32::MAX
-            ))
-        })
-}
-
-/// Present: a whole number of keys per second, at least 1 (to have no bound, leave it out).
-fn new_keys_per_sec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NonZeroU64>, D::Error> {
-    let value = toml::Value::deserialize(d)?;
-    value
-        .as_integer()
-        .and_then(|n| u64::try_from(n).ok())
-        .and_then(NonZeroU64::new)
-        .map(Some)
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "new_keys_per_sec must be a whole number of keys per second, at least 1 (leave \
-                 it out for no bound), not {value}"
             ))
         })
 }
@@ -377,10 +441,10 @@ impl Config {
         if rules.iter().any(|r| !r.cidr.is_ipv4()) {
             flags |= CONFIG_HAS_RULES_V6;
         }
-        let new_key_limit = match self.agent.new_keys_per_sec {
-            Some(rate) => {
+        let new_key_limit = match self.agent.new_keys_per_sec.bound(self.agent.max_keys) {
+            Some(limit) => {
                 flags |= CONFIG_LIMIT_NEW_KEYS;
-                Limit::new(rate.get(), rate.get())
+                limit
             }
             None => Limit::new(1, 1),
         };
@@ -621,28 +685,33 @@ mod tests {
     }
 
     #[test]
-    fn new_keys_per_sec_is_opt_in_and_sets_the_flag_and_limit() {
-        let unbounded = Config::parse("[agent]\nmax_keys = 1000\n", "t.toml").unwrap();
-        assert_eq!(unbounded.agent.new_keys_per_sec, None);
-        assert_eq!(unbounded.datapath().flags & CONFIG_LIMIT_NEW_KEYS, 0);
+    fn new_keys_are_bounded_by_default_and_the_bound_can_be_set_or_switched_off() {
+        // Absent: a hundredth of max_keys per second (at least 100), a tenth of it at once.
+        let default = Config::parse("[agent]\nmax_keys = 1000000\n", "t.toml").unwrap();
+        assert_eq!(default.agent.new_keys_per_sec, NewKeys::Default);
+        let datapath = default.datapath();
+        assert_ne!(datapath.flags & CONFIG_LIMIT_NEW_KEYS, 0);
+        assert_eq!(datapath.new_key_limit, Limit::new(10_000, 100_000));
+        let small = Config::parse("[agent]\nmax_keys = 1024\n", "t.toml").unwrap();
+        assert_eq!(small.datapath().new_key_limit, Limit::new(100, 1000));
+
+        let off = Config::parse("[agent]\nnew_keys_per_sec = \"off\"\n", "t.toml").unwrap();
+        assert_eq!(off.agent.new_keys_per_sec, NewKeys::Off);
+        assert_eq!(off.datapath().flags & CONFIG_LIMIT_NEW_KEYS, 0);
 
         let config = Config::parse("[agent]\nnew_keys_per_sec = 50\n", "t.toml").unwrap();
-        assert_eq!(config.agent.new_keys_per_sec, NonZeroU64::new(50));
+        assert_eq!(
+            config.agent.new_keys_per_sec,
+            NewKeys::PerSec(NonZeroU64::new(50).unwrap())
+        );
         let datapath = config.datapath();
         assert_ne!(datapath.flags & CONFIG_LIMIT_NEW_KEYS, 0);
         assert_eq!(datapath.new_key_limit, Limit::new(50, 50));
-        assert_eq!(
-            (
-                datapath.new_key_limit.rate(),
-                datapath.new_key_limit.burst()
-            ),
-            (50, 50)
-        );
         // The other flags and limits are unchanged by it.
-        assert_eq!(datapath.default_limit, unbounded.datapath().default_limit);
+        assert_eq!(datapath.default_limit, off.datapath().default_limit);
         assert_eq!(
             datapath.flags & !CONFIG_LIMIT_NEW_KEYS,
-            unbounded.datapath().flags
+            off.datapath().flags
         );
     }
 
@@ -691,7 +760,7 @@ mod tests {
         let datapath = config.datapath();
         assert_eq!(
             datapath.flags,
-            CONFIG_DRY_RUN | CONFIG_HAS_RULES_V4 | CONFIG_HAS_RULES_V6
+            CONFIG_DRY_RUN | CONFIG_HAS_RULES_V4 | CONFIG_HAS_RULES_V6 | CONFIG_LIMIT_NEW_KEYS
         );
     }
 }
