@@ -494,3 +494,47 @@ fn raising_a_limit_frees_an_exhausted_key_at_once() {
         );
     }
 }
+
+#[test]
+fn the_rate_shown_is_the_rate_configured() {
+    let net = TestNet::new(2, 1);
+    let agent = Agent::start(
+        &net,
+        Some(
+            "[limits]\nrate = 7\nburst = 9\n\n[[rules]]\nname = \"three\"\n\
+             cidr = \"198.18.0.11/32\"\naction = \"limit\"\nrate = 3\nburst = 4\n",
+        ),
+    );
+    let target = SocketAddr::new(net.gateway_ip(), 9);
+    net.client(0).burst(target, 2);
+    net.client(1).burst(target, 2);
+    for (source, rate, burst) in [("198.18.0.10", 7, 9), ("198.18.0.11", 3, 4)] {
+        let mut key = Value::Null;
+        eventually("the key is tracked", || {
+            let out = agent.cli(&["inspect", source, "--json"]);
+            key = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+            out.code == 0
+        });
+        assert_eq!(
+            (key["rate"].as_u64(), key["burst"].as_u64()),
+            (Some(rate), Some(burst)),
+            "{key}"
+        );
+    }
+    let list = agent.json(&["list"]);
+    let rates: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["rate"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rates, [7, 3], "{list}");
+    agent.json(&["limit", "198.18.0.10", "--rate", "7", "--burst", "2"]);
+    net.client(0).burst(target, 1);
+    eventually("the override's key is tracked", || {
+        agent.json(&["list"]).as_array().is_some_and(|keys| {
+            keys.iter()
+                .any(|k| k["rule"] == "override 198.18.0.10/32" && k["rate"] == 7)
+        })
+    });
+}

@@ -1,6 +1,6 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
-use super::config::{longest_match, Action, Config, ResolvedRule};
+use super::config::{longest_match, Config, ResolvedRule};
 use crate::api::{Counters, KeyInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
@@ -33,7 +33,7 @@ pub struct Datapath {
     /// The runtime overrides, looked up before the rules.
     overrides: RuleTries,
     /// The limits in force by rule id, for `rule`, `remaining` and `retry_after_ms`.
-    limits: StdHashMap<u32, (String, Limit)>,
+    limits: StdHashMap<u32, Shown>,
     /// The configuration in force (set by `apply`).
     applied: Option<Config>,
     /// The overrides in force (set by `set_overrides`).
@@ -168,11 +168,8 @@ impl Datapath {
             .resolved_rules()
             .iter()
             .chain(&self.override_rules)
-            .map(|r| (r.id, (r.name.clone(), r.limit)))
-            .chain([(
-                DEFAULT_RULE_ID,
-                ("default".to_owned(), datapath.default_limit),
-            )])
+            .chain([&config.default_rule()])
+            .map(|r| (r.id, Shown::of(r)))
             .collect();
         let brought = self.bring_back_stale(&before)?;
         if brought > 0 {
@@ -195,13 +192,10 @@ impl Datapath {
             || longest_match(&self.override_rules, prefix),
             || longest_match(&rules, prefix),
         )
-        .unwrap_or_else(|| ResolvedRule {
-            id: DEFAULT_RULE_ID,
-            name: "default".to_owned(),
-            cidr: Prefix::new(prefix.addr(), 0),
-            action: Action::Limit,
-            limit: self.config().default_limit(),
-            shared: false,
+        .unwrap_or_else(|| {
+            let mut default = self.config().default_rule();
+            default.cidr = Prefix::new(prefix.addr(), 0);
+            default
         })
     }
 
@@ -236,7 +230,7 @@ impl Datapath {
     }
 
     /// The name and limit of the rule with `rule_id`.
-    fn rule_limit(&self, rule_id: u32) -> Option<(String, Limit)> {
+    fn rule_limit(&self, rule_id: u32) -> Option<Shown> {
         rule_limit(&self.limits, rule_id)
     }
 
@@ -246,8 +240,8 @@ impl Datapath {
         let (mut tracked, mut exhausted) = (0u64, 0u64);
         self.for_each_bucket(|key, state| {
             tracked += 1;
-            if let Some((_, limit)) = self.rule_limit(key.rule_id) {
-                exhausted += bucket::is_exhausted(state.tat_ns, now, &limit) as u64;
+            if let Some(shown) = self.rule_limit(key.rule_id) {
+                exhausted += bucket::is_exhausted(state.tat_ns, now, &shown.limit) as u64;
             }
         })?;
         Ok((tracked, exhausted))
@@ -273,7 +267,7 @@ impl Datapath {
             if exhausted_only
                 && !self
                     .rule_limit(key.rule_id)
-                    .is_some_and(|(_, limit)| bucket::is_exhausted(state.tat_ns, now, &limit))
+                    .is_some_and(|shown| bucket::is_exhausted(state.tat_ns, now, &shown.limit))
             {
                 return;
             }
@@ -389,16 +383,16 @@ impl Datapath {
     /// After the limits changed: a key whose limit now allows a shorter wait than its TAT says
     /// (a lower limit exhausted it, then a reload or an override raised it) gets its TAT brought
     /// down to what the new limit allows at most, so that it waits no longer than that. How many.
-    fn bring_back_stale(&self, before: &StdHashMap<u32, (String, Limit)>) -> anyhow::Result<u64> {
+    fn bring_back_stale(&self, before: &StdHashMap<u32, Shown>) -> anyhow::Result<u64> {
         let lowered: StdHashMap<u32, Limit> = self
             .limits
             .iter()
-            .filter(|(id, (_, limit))| {
+            .filter(|(id, new)| {
                 before
                     .get(id)
-                    .is_some_and(|(_, old)| old.tolerance_ns > limit.tolerance_ns)
+                    .is_some_and(|old| old.limit.tolerance_ns > new.limit.tolerance_ns)
             })
-            .map(|(id, (_, limit))| (*id, *limit))
+            .map(|(id, new)| (*id, new.limit))
             .collect();
         if lowered.is_empty() {
             return Ok(0);
@@ -472,7 +466,7 @@ pub fn open_counters(pin_path: &std::path::Path) -> anyhow::Result<PerCpuArray<M
 /// The answer to a list query: raw entries, described one at a time as they are written out.
 pub struct KeyList {
     entries: Vec<(BucketKey, BucketState)>,
-    limits: StdHashMap<u32, (String, Limit)>,
+    limits: StdHashMap<u32, Shown>,
     now: u64,
 }
 
@@ -497,15 +491,36 @@ impl KeyList {
     }
 }
 
+/// A rule's name and limit, for describing its keys: the limit enforced, the rate and burst as
+/// configured.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    pub name: String,
+    pub limit: Limit,
+    pub rate: u64,
+    pub burst: u64,
+}
+
+impl Shown {
+    fn of(rule: &ResolvedRule) -> Shown {
+        Shown {
+            name: rule.name.clone(),
+            limit: rule.limit,
+            rate: rule.rate,
+            burst: rule.burst,
+        }
+    }
+}
+
 /// The name and limit of the rule with `rule_id`. A bucket of a rule that is no longer
 /// configured is shown under the default limit until the LRU map evicts it.
-fn rule_limit(limits: &StdHashMap<u32, (String, Limit)>, rule_id: u32) -> Option<(String, Limit)> {
+fn rule_limit(limits: &StdHashMap<u32, Shown>, rule_id: u32) -> Option<Shown> {
     match limits.get(&rule_id) {
-        Some((name, limit)) => Some((name.clone(), *limit)),
-        None => Some((
-            format!("removed rule #{rule_id}"),
-            limits.get(&DEFAULT_RULE_ID)?.1,
-        )),
+        Some(shown) => Some(shown.clone()),
+        None => Some(Shown {
+            name: format!("removed rule #{rule_id}"),
+            ..limits.get(&DEFAULT_RULE_ID)?.clone()
+        }),
     }
 }
 
@@ -513,16 +528,16 @@ fn describe(
     key: &BucketKey,
     state: &BucketState,
     now: u64,
-    limits: &StdHashMap<u32, (String, Limit)>,
+    limits: &StdHashMap<u32, Shown>,
 ) -> Option<KeyInfo> {
     let prefix = Prefix::from_bucket_key(key)?;
-    let (rule, limit) = rule_limit(limits, key.rule_id)?;
-    let limit = &limit;
+    let shown = rule_limit(limits, key.rule_id)?;
+    let limit = &shown.limit;
     Some(KeyInfo {
         key: prefix.to_string(),
-        rule,
-        rate: limit.rate(),
-        burst: limit.burst(),
+        rule: shown.name,
+        rate: shown.rate,
+        burst: shown.burst,
         remaining: bucket::remaining(state.tat_ns, now, limit),
         exhausted: bucket::is_exhausted(state.tat_ns, now, limit),
         retry_after_ms: bucket::retry_after_ns(state.tat_ns, now, limit).div_ceil(1_000_000),

@@ -55,18 +55,21 @@ impl Override {
         format!("override {}", self.cidr)
     }
 
-    /// The override as the datapath applies it; `default` stands in for allow and deny.
-    pub fn resolved(&self, default: Limit) -> ResolvedRule {
-        let limit = match (self.rate, self.burst) {
-            (Some(rate), Some(burst)) => Limit::new(rate, burst),
-            _ => default,
+    /// The override as the datapath applies it; `default` (`[limits]`) stands in for allow
+    /// and deny.
+    pub fn resolved(&self, default: &ResolvedRule) -> ResolvedRule {
+        let (rate, burst) = match (self.rate, self.burst) {
+            (Some(rate), Some(burst)) => (rate, burst),
+            _ => (default.rate, default.burst),
         };
         ResolvedRule {
             id: rule_id(&self.name()),
             name: self.name(),
             cidr: self.cidr,
             action: self.action,
-            limit,
+            limit: Limit::new(rate, burst),
+            rate,
+            burst,
             shared: false,
         }
     }

@@ -217,6 +217,6 @@ pub fn resolved_overrides(store: &OverrideStore, config: &Config) -> Vec<Resolve
     store
         .list()
         .iter()
-        .map(|o| o.resolved(config.default_limit()))
+        .map(|o| o.resolved(&config.default_rule()))
         .collect()
 }

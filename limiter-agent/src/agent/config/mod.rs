@@ -408,15 +408,18 @@ impl Config {
             .iter()
             .map(|spanned| {
                 let rule = spanned.get_ref();
+                let (rate, burst) = match (rule.rate, rule.burst) {
+                    (Some(rate), Some(burst)) => (rate.get(), burst.get()),
+                    _ => (self.limits.rate.get(), self.limits.burst.get()),
+                };
                 ResolvedRule {
                     id: rule_id(&rule.name),
                     name: rule.name.clone(),
                     cidr: rule.cidr,
                     action: rule.action,
-                    limit: match (rule.rate, rule.burst) {
-                        (Some(rate), Some(burst)) => Limit::new(rate.get(), burst.get()),
-                        _ => self.default_limit(),
-                    },
+                    limit: Limit::new(rate, burst),
+                    rate,
+                    burst,
                     shared: rule.shared,
                 }
             })
@@ -426,6 +429,20 @@ impl Config {
     /// The default limit as the datapath applies it.
     pub fn default_limit(&self) -> Limit {
         Limit::new(self.limits.rate.get(), self.limits.burst.get())
+    }
+
+    /// `[limits]` as a rule: what sources without a rule get (id 0, "default").
+    pub fn default_rule(&self) -> ResolvedRule {
+        ResolvedRule {
+            id: DEFAULT_RULE_ID,
+            name: "default".to_owned(),
+            cidr: "0.0.0.0/0".parse().expect("a valid CIDR"),
+            action: Action::Limit,
+            limit: self.default_limit(),
+            rate: self.limits.rate.get(),
+            burst: self.limits.burst.get(),
+            shared: false,
+        }
     }
 
     /// What the datapath is told.
@@ -494,8 +511,13 @@ pub struct ResolvedRule {
     pub name: String,
     pub cidr: Prefix,
     pub action: Action,
-    /// The rule's own limit (`[limits]` for allow and deny, where it does not apply).
+    /// The rule's own limit (`[limits]` for allow and deny, where it does not apply), as the
+    /// datapath enforces it (the interval rounded up to whole nanoseconds).
     pub limit: Limit,
+    /// The rate and burst as configured: what the API shows (`rate = 7` is enforced with an
+    /// interval of 142 857 143 ns, which is 6.99…/s, and shown as 7).
+    pub rate: u64,
+    pub burst: u64,
     pub shared: bool,
 }
 
