@@ -14,6 +14,7 @@
 
 mod maps;
 mod parse;
+mod shared;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
@@ -23,16 +24,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::{info, warn};
-use core::intrinsics::{atomic_and, atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
-use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+use core::ptr::read_volatile;
 use limiter_common::{
     bucket::{admit, Limit, FULL_BUCKET_TAT},
     charge::{self, words_to_bytes, Charge},
     maps::{
-        counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent, ResetRequest,
-        RuleEntry,
-        BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU,
-        EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
+        counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent,
+        ResetRequest, RuleEntry, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_LIMIT_NEW_KEYS,
+        EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
     },
 };
 use maps::{
@@ -40,6 +39,7 @@ use maps::{
     RULES_V4, RULES_V6,
 };
 use parse::{Parsed, Source};
+use shared::{Bucket, Word};
 
 /// How often a packet retries its compare-and-swap when other CPUs update the same bucket at the
 /// same moment. Each attempt decides on the TAT the last one found, so a bucket emptied meanwhile
@@ -116,30 +116,21 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
     let Some(state) = BUCKETS.get_ptr_mut(request.key) else {
         return xdp_action::XDP_DROP;
     };
-    // SAFETY: the map value lives while this program runs; its fields are updated atomically or
-    // with a single aligned store.
-    let tat = unsafe { addr_of_mut!((*state).tat_ns) };
+    // SAFETY: a lookup in BUCKETS of this run.
+    let bucket = unsafe { Bucket::new(state) };
     if request.tat_at_most == FULL_BUCKET_TAT {
-        // SAFETY: as above.
-        unsafe { write_volatile(tat, FULL_BUCKET_TAT) };
+        bucket.tat().store(FULL_BUCKET_TAT);
         // A full bucket is not exhausted: its next exhaustion is a new event.
-        clear_notified(state);
+        bucket.flags().clear(BUCKET_EXHAUSTED_NOTIFIED);
     } else {
         // Lower it, never raise it: packets passed meanwhile keep their place.
-        // SAFETY: as above.
-        let mut current = unsafe { read_volatile(tat) };
+        let tat = bucket.tat();
+        let mut current = tat.load();
         for _ in 0..CAS_ATTEMPTS {
             if current <= request.tat_at_most {
                 break;
             }
-            // SAFETY: as above.
-            let (seen, swapped) = unsafe {
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    tat,
-                    current,
-                    request.tat_at_most,
-                )
-            };
+            let (seen, swapped) = tat.compare_exchange(current, request.tat_at_most);
             if swapped {
                 break;
             }
@@ -184,9 +175,11 @@ fn charge_key(
     limit: &Limit,
     dry_run: bool,
 ) -> u32 {
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(state) = BUCKETS.get_ptr_mut(key) {
-        return charge(ctx, key, state, now, limit, dry_run);
+        // SAFETY: a lookup in BUCKETS of this run.
+        return charge(ctx, key, unsafe { Bucket::new(state) }, now, limit, dry_run);
     }
     // First packet of this key. Over `[agent] new_keys_per_sec` it is refused and no key is
     // created: a flood from ever new (spoofed) sources then neither passes on fresh buckets nor
@@ -215,7 +208,8 @@ fn charge_key(
         }
         // Another CPU created the bucket between our lookup and insert: charge that one.
         Err(err) if err == -EEXIST => match BUCKETS.get_ptr_mut(key) {
-            Some(state) => charge(ctx, key, state, now, limit, dry_run),
+            // SAFETY: a lookup in BUCKETS of this run.
+            Some(state) => charge(ctx, key, unsafe { Bucket::new(state) }, now, limit, dry_run),
             None => insert_failed(),
         },
         Err(_) => insert_failed(),
@@ -226,10 +220,12 @@ fn charge_key(
 /// writes (a compare-and-swap); a refusal only reads.
 #[inline(always)]
 fn new_key_allowed(now: u64, limit: &Limit) -> bool {
-    match NEW_KEYS.get_ptr_mut(0) {
-        Some(tat) => matches!(take(tat, now, limit), Taken::Passed(_)),
-        None => true,
-    }
+    let Some(tat) = NEW_KEYS.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a lookup in NEW_KEYS of this run; an array value of one u64.
+    let tat = unsafe { Word::new(tat) };
+    matches!(take(tat, now, limit), Taken::Passed(_))
 }
 
 /// The bucket could not be created (the LRU map could not free an entry). The packet passes:
@@ -245,33 +241,27 @@ fn insert_failed() -> u32 {
 fn charge(
     ctx: &XdpContext,
     key: &BucketKey,
-    state: *mut BucketState,
+    bucket: Bucket,
     now: u64,
     limit: &Limit,
     dry_run: bool,
 ) -> u32 {
-    let taken = take(unsafe { addr_of_mut!((*state).tat_ns) }, now, limit);
+    let taken = take(bucket.tat(), now, limit);
     let passed = matches!(taken, Taken::Passed(_));
     // The exhaustion flag: one load of the value already at hand on the common paths (a pass,
     // a drop of a key already reported); a write only when the key changes state.
-    let notified =
-        unsafe { read_volatile(addr_of_mut!((*state).flags)) } & BUCKET_EXHAUSTED_NOTIFIED != 0;
+    let notified = bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED != 0;
     match taken {
         // Cleared only once the key has a packet to spare after this one: a key held at its
         // rate passes a packet now and then and is still exhausted — no new event for it.
         Taken::Passed(tat) => {
             if notified && admit(tat, now, limit).is_some() {
-                clear_notified(state);
+                bucket.flags().clear(BUCKET_EXHAUSTED_NOTIFIED);
             }
         }
         Taken::OverLimit => {
             if !notified {
-                let before = unsafe {
-                    atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
-                        addr_of_mut!((*state).flags),
-                        BUCKET_EXHAUSTED_NOTIFIED,
-                    )
-                };
+                let before = bucket.flags().fetch_or(BUCKET_EXHAUSTED_NOTIFIED);
                 // Of the CPUs that found it clear at once, only the one that set it reports.
                 if before & BUCKET_EXHAUSTED_NOTIFIED == 0 {
                     exhausted(ctx, key, now, dry_run);
@@ -281,13 +271,13 @@ fn charge(
         Taken::Contended => count(Counter::ContentionDrops),
     }
     let counter = if passed {
-        unsafe { addr_of_mut!((*state).passed) }
+        bucket.passed()
     } else if dry_run {
-        unsafe { addr_of_mut!((*state).would_drop) }
+        bucket.would_drop()
     } else {
-        unsafe { addr_of_mut!((*state).dropped) }
+        bucket.dropped()
     };
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1) };
+    counter.increment();
     verdict(passed, dry_run)
 }
 
@@ -304,33 +294,19 @@ enum Taken {
 /// Takes one packet from the GCRA at `tat`: a compare-and-swap of the TAT, retried a bounded
 /// number of times when another CPU updated it first.
 #[inline(always)]
-fn take(tat: *mut u64, now: u64, limit: &Limit) -> Taken {
-    let mut current = unsafe { read_volatile(tat) };
+fn take(tat: Word, now: u64, limit: &Limit) -> Taken {
+    let mut current = tat.load();
     for _ in 0..CAS_ATTEMPTS {
         let Some(next) = admit(current, now, limit) else {
             return Taken::OverLimit;
         };
-        let (seen, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                tat, current, next,
-            )
-        };
+        let (seen, swapped) = tat.compare_exchange(current, next);
         if swapped {
             return Taken::Passed(next);
         }
         current = seen;
     }
     Taken::Contended
-}
-
-#[inline(always)]
-fn clear_notified(state: *mut BucketState) {
-    unsafe {
-        atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(
-            addr_of_mut!((*state).flags),
-            !BUCKET_EXHAUSTED_NOTIFIED,
-        )
-    };
 }
 
 /// `key` has just become exhausted: tells the agent through the ring buffer, within this CPU's
@@ -341,7 +317,8 @@ fn exhausted(ctx: &XdpContext, key: &BucketKey, now: u64, dry_run: bool) {
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
         return;
     };
-    // Per CPU: plain reads and writes.
+    // SAFETY: a per-CPU array value of this run: no other CPU touches it, and nothing else in
+    // this run holds a reference to it.
     let budget = unsafe { &mut *budget };
     match admit(budget.tat_ns, now, &EVENT_LIMIT) {
         Some(tat) => budget.tat_ns = tat,
@@ -364,7 +341,7 @@ fn exhausted(ctx: &XdpContext, key: &BucketKey, now: u64, dry_run: bool) {
     entry.write(ExhaustionEvent {
         key: *key,
         at_ns: now,
-        iface_slot: unsafe { read_volatile(&IFACE_SLOT) },
+        iface_slot: iface_slot(),
         flags: if dry_run { EVENT_DRY_RUN } else { 0 },
     });
     entry.submit(0);
@@ -395,10 +372,18 @@ fn verdict(passed: bool, dry_run: bool) -> u32 {
 /// Adds one to a counter of this interface (per CPU, so no atomics needed).
 #[inline(always)]
 fn count(counter: Counter) {
-    let iface = unsafe { read_volatile(&IFACE_SLOT) };
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(iface, counter)) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(iface_slot(), counter)) {
+        // SAFETY: a per-CPU array value of this run: no other CPU touches it.
         unsafe { *slot += 1 };
     }
+}
+
+/// This instance's interface slot. Read through a volatile load so that the compiler does not
+/// fold the global's initial value (the loader sets it; the verifier then folds it).
+#[inline(always)]
+fn iface_slot() -> u32 {
+    // SAFETY: a read of a static, never written by this program.
+    unsafe { read_volatile(&IFACE_SLOT) }
 }
 
 #[cfg(not(test))]

@@ -154,6 +154,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 /// The `T` at `offset` bytes into the packet, if the packet is long enough.
 #[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked that the `T` is inside the packet; read at any alignment.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 

@@ -28,16 +28,19 @@ fn verdict(now: u64) -> u32 {
 
 #[xdp]
 pub fn clock_ktime(_ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
     verdict(unsafe { bpf_ktime_get_ns() })
 }
 
 #[xdp]
 pub fn clock_coarse(_ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
     verdict(unsafe { bpf_ktime_get_coarse_ns() })
 }
 
 #[xdp]
 pub fn clock_jiffies(_ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
     verdict(unsafe { bpf_jiffies64() })
 }
 

@@ -112,6 +112,7 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     // SAFETY: a per-CPU map value, this CPU's, for the length of this run.
     let state = unsafe { &mut *state };
     if config.pace_interval_ns != 0 {
+        // SAFETY: a helper without arguments.
         let mut now = unsafe { bpf_ktime_get_ns() };
         let earliest = now.saturating_sub(config.pace_slack_ns);
         let slot = if state.next_ns > earliest {
@@ -122,6 +123,7 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
         // Ahead of its slot: wait for it here (bounded), rather than drop the frame.
         let mut spins = 0;
         while now < slot && spins < MAX_SPINS {
+            // SAFETY: a helper without arguments.
             now = unsafe { bpf_ktime_get_ns() };
             spins += 1;
         }
