@@ -319,12 +319,19 @@ impl ResetRequest {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain data without implicit padding.
+    // SAFETY (each): #[repr(C)] plain data without implicit padding (sizes checked in the
+    // tests below), valid for every bit pattern.
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BucketKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BucketState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ExhaustionEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::EventBudget {}
 }
 

@@ -126,9 +126,14 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// `cargo` in the workspace, with the real XDP program required: a build that lacks its
+/// toolchain fails instead of embedding the stub newcomers' checks get (see limiter-agent's
+/// build.rs).
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(root());
+    cmd.current_dir(root())
+        .env("LIMITER_EBPF_REQUIRE", "1")
+        .env_remove("LIMITER_EBPF_STUB");
     cmd
 }
 

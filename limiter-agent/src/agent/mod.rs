@@ -23,7 +23,7 @@ mod turnover;
 pub use attach::AttachMode;
 
 use crate::api::DEFAULT_API_SOCKET;
-use crate::object::{map_names, BPF_OBJECT};
+use crate::object::map_names;
 use crate::pins::{self, DEFAULT_PIN_PATH};
 use anyhow::{bail, Context};
 use aya::programs::Xdp;
@@ -69,6 +69,7 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Everything that can be refused is checked before any interface is touched.
+    let object = crate::object::require()?;
     let (config, source) = Config::load(args.config.as_deref())?;
     let overrides = overrides::OverrideStore::load(&args.state_dir)?;
     match &source {
@@ -92,14 +93,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     pins::check_own_content(&args.pin_path, &map_names()?)?;
     // Held until the agent exits: one agent per pin directory.
     let _lock = pins::lock_pin_dir(&args.pin_path)?;
-    pins::check_pinned_maps(BPF_OBJECT, &args.pin_path, config.agent.max_keys)?;
+    pins::check_pinned_maps(object, &args.pin_path, config.agent.max_keys)?;
     let loader = |slot: u32| {
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&args.pin_path)
             .map_max_entries(BUCKETS_MAP, config.agent.max_keys)
             .override_global(IFACE_SLOT_GLOBAL, &slot, true);
-        loader.load(BPF_OBJECT).with_context(|| {
+        loader.load(object).with_context(|| {
             format!(
                 "loading the XDP object (maps pinned under {})",
                 args.pin_path.display()
