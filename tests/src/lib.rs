@@ -6,6 +6,7 @@
 //! when the guards are dropped.
 
 pub mod agent;
+pub mod frame;
 pub mod netns;
 pub mod object;
 pub mod traffic;

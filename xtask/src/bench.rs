@@ -31,6 +31,8 @@ use limiter_common::maps::{
     COUNTERS_MAP, DEFAULT_RULE_ID, FAMILY_IPV4, FAMILY_IPV6, LIMITER_PROG,
 };
 use limiter_tests::agent::{ensure_bpffs, TEST_BPFFS};
+use limiter_tests::frame;
+use limiter_tests::netns::{CLIENT_MAC_BYTES, GATEWAY_MAC_BYTES};
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -353,7 +355,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                     set_source_v6(&mut packet_v6, in_v6_net(host));
                     &packet_v6
                 } else {
-                    set_source(&mut packet, source);
+                    frame::set_ipv4_source(&mut packet, source);
                     &packet
                 };
                 let (verdict, ns) = test_run(single[a].program, frame, 1)?;
@@ -854,68 +856,32 @@ pub(crate) fn thousands(n: u32) -> String {
     out
 }
 
-const IPV4_SOURCE_AT: usize = 14 + 12;
-const IPV4_CHECKSUM_AT: usize = 14 + 10;
-
-/// A 64-byte Ethernet frame: IPv4, UDP to port 9000, from `source`.
+/// A 64-byte Ethernet frame between the test bed's MACs: IPv4 (don't fragment), UDP to port
+/// 9000, from `source`.
 pub(crate) fn ipv4_udp(source: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![
-        0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x02,
-    ];
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    let payload = 64 - 14 - 20 - 8;
-    let total = (20 + 8 + payload) as u16;
-    frame.extend_from_slice(&[0x45, 0]);
-    frame.extend_from_slice(&total.to_be_bytes());
-    frame.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&DESTINATION);
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&9000u16.to_be_bytes());
-    frame.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    frame.extend_from_slice(&[0, 0]);
-    frame.resize(64, 0);
-    set_source(&mut frame, source);
-    frame
-}
-
-/// Sets the IPv4 source of a frame made by [`ipv4_udp`] and its header checksum.
-fn set_source(frame: &mut [u8], source: [u8; 4]) {
-    frame[IPV4_SOURCE_AT..IPV4_SOURCE_AT + 4].copy_from_slice(&source);
-    frame[IPV4_CHECKSUM_AT..IPV4_CHECKSUM_AT + 2].fill(0);
-    let header = &frame[14..34];
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+    let payload = [0; 64 - 14 - 20 - 8];
+    let ip = frame::Ipv4 {
+        frag: 0x4000,
+        ..frame::Ipv4::udp(source, DESTINATION)
     }
-    frame[IPV4_CHECKSUM_AT..IPV4_CHECKSUM_AT + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    .packet(&frame::udp(40000, 9000, &payload));
+    test_bed_frame(frame::ETH_P_IPV4, &ip)
 }
 
 const IPV6_SOURCE_AT: usize = 14 + 8;
 
-/// A 64-byte Ethernet frame: IPv6, UDP to port 9000, from `source`.
+/// A 64-byte Ethernet frame between the test bed's MACs: IPv6, UDP to port 9000, from `source`.
 fn ipv6_udp(source: [u8; 16]) -> Vec<u8> {
-    let mut frame = vec![
-        0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x02,
-    ];
-    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-    let payload = 64 - 14 - 40 - 8;
-    // Version 6, no traffic class or flow label; payload length; UDP; hop limit 64.
-    frame.extend_from_slice(&[0x60, 0, 0, 0]);
-    frame.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    frame.extend_from_slice(&[17, 64]);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&V6_DESTINATION);
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&9000u16.to_be_bytes());
-    frame.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    // No checksum: the program does not look at it.
-    frame.extend_from_slice(&[0, 0]);
-    frame.resize(64, 0);
-    frame
+    let payload = [0; 64 - 14 - 40 - 8];
+    // No UDP checksum (the program does not look at it).
+    let udp = frame::udp(40000, 9000, &payload);
+    let ip = frame::ipv6(source, V6_DESTINATION, frame::IPPROTO_UDP, 64, &udp);
+    test_bed_frame(frame::ETH_P_IPV6, &ip)
+}
+
+/// An Ethernet frame from the test bed's client to its gateway.
+fn test_bed_frame(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    frame::ethernet(GATEWAY_MAC_BYTES, CLIENT_MAC_BYTES, ether_type, payload)
 }
 
 fn set_source_v6(frame: &mut [u8], source: [u8; 16]) {
