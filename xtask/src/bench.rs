@@ -165,9 +165,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         &objects.join("clock_read"),
         &["clock_ktime", "clock_coarse", "clock_jiffies"],
     )?;
-    let sparse = Limiter::load(&objects.join("limiter"), bpffs, "sparse", DEFAULT_MAX_KEYS)?;
+    let limiter = objects.join("limiter");
+    let sparse = Limiter::load(&limiter, bpffs, "sparse", DEFAULT_MAX_KEYS, cost_config())?;
     // Full: as many keys tracked as the map holds, so that a new key evicts one.
-    let resident = Limiter::load(&objects.join("limiter"), bpffs, "resident", plan.resident)?;
+    let resident = Limiter::load(&limiter, bpffs, "resident", plan.resident, cost_config())?;
     let spare = spare_keys(&plan);
     let fill_time = resident.fill(plan.resident, spare)?;
     let v6_pool = plan.resident - PER_NET - spare;
@@ -642,15 +643,38 @@ pub(crate) fn remove_stale_pin_dirs(bpffs: &Path) {
 }
 
 /// The `limiter` object, loaded (not attached) with its maps pinned in a directory of its own,
-/// removed on drop, and `[limits]` written to its config.
-struct Limiter {
-    ebpf: Ebpf,
+/// removed on drop, and its configuration written: for the cost benchmark and the flood's
+/// limiter arms alike.
+pub(crate) struct Limiter {
+    pub(crate) ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     pin_dir: PathBuf,
+    /// When its configuration was written: from then on it may create keys.
+    pub(crate) configured_at: Instant,
+}
+
+/// The cost benchmark's configuration: `[limits]` RATE and BURST, IPv6 sources keyed by /128.
+fn cost_config() -> DatapathConfig {
+    DatapathConfig {
+        default_limit: Limit::new(RATE, BURST),
+        new_key_limit: Limit::new(1, 1),
+        ipv4_prefix: 32,
+        ipv6_prefix: 128,
+        flags: 0,
+        valid: 1,
+    }
 }
 
 impl Limiter {
-    fn load(path: &Path, bpffs: &Path, name: &str, max_keys: u32) -> anyhow::Result<Limiter> {
+    /// Loads the object at `path` with a bucket map of `max_keys` entries, its maps pinned in
+    /// `bpffs` under a directory named after `name`, and writes `config`.
+    pub(crate) fn load(
+        path: &Path,
+        bpffs: &Path,
+        name: &str,
+        max_keys: u32,
+        config: DatapathConfig,
+    ) -> anyhow::Result<Limiter> {
         let pin_dir = bpffs.join(format!("{PIN_PREFIX}{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir)
@@ -673,20 +697,10 @@ impl Limiter {
                 )
             })?;
         }
-        let mut config: aya::maps::Array<_, DatapathConfig> =
+        let mut config_map: aya::maps::Array<_, DatapathConfig> =
             aya::maps::Array::try_from(ebpf.map_mut(CONFIG_MAP).context("no CONFIG map")?)?;
-        config.set(
-            0,
-            DatapathConfig {
-                default_limit: Limit::new(RATE, BURST),
-                new_key_limit: Limit::new(1, 1),
-                ipv4_prefix: 32,
-                ipv6_prefix: 128,
-                flags: 0,
-                valid: 1,
-            },
-            0,
-        )?;
+        let configured_at = Instant::now();
+        config_map.set(0, config, 0)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(COUNTERS_MAP).context("no COUNTERS map")?)?;
         guard.disarm();
@@ -694,10 +708,11 @@ impl Limiter {
             ebpf,
             counters,
             pin_dir,
+            configured_at,
         })
     }
 
-    fn program(&self) -> anyhow::Result<&Xdp> {
+    pub(crate) fn program(&self) -> anyhow::Result<&Xdp> {
         Ok(self
             .ebpf
             .program(LIMITER_PROG)
@@ -706,7 +721,7 @@ impl Limiter {
     }
 
     /// A global counter (interface slot 0), summed over the CPUs.
-    fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
+    pub(crate) fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
         Ok(self
             .counters
             .get(&counter_index(0, counter), 0)?

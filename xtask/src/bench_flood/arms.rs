@@ -4,18 +4,16 @@
 use super::model::{Arm, Scenario, NEW_KEYS_PER_SEC, WELL_BASE, WELL_CLIENTS};
 use super::ns::ns_command;
 use super::receiver::XdpLink;
-use crate::bench::{self, PIN_PREFIX};
+use crate::bench;
 use anyhow::{ensure, Context};
-use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::Xdp;
-use aya::{Ebpf, EbpfLoader};
 use limiter_common::bucket::Limit;
 use limiter_common::maps::{
-    counter_index, BucketKey, BucketState, Counter, DatapathConfig, BUCKETS_MAP,
-    CONFIG_LIMIT_NEW_KEYS, CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG, NEW_KEYS_MAP,
+    BucketKey, BucketState, Counter, DatapathConfig, BUCKETS_MAP, CONFIG_LIMIT_NEW_KEYS,
+    NEW_KEYS_MAP,
 };
 use limiter_tests::netns::Netns;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// The receiver as the arms see it: where they are set up, and with what.
@@ -169,11 +167,7 @@ impl Filter {
 /// (and as many at once), from a fresh allowance: its map, `NEW_KEYS`, is pinned in the same
 /// directory of its own as the buckets.
 pub(super) struct FloodLimiter {
-    ebpf: Ebpf,
-    counters: PerCpuArray<MapData, u64>,
-    pin_dir: PathBuf,
-    /// When its configuration was written: from then on it may create keys.
-    pub(super) configured_at: Instant,
+    limiter: bench::Limiter,
     pub(super) new_keys_per_sec: Option<u64>,
 }
 
@@ -185,81 +179,48 @@ impl FloodLimiter {
         scenario: &Scenario,
         new_keys_per_sec: Option<u64>,
     ) -> anyhow::Result<Self> {
-        let pin_dir = bpffs.join(format!("{PIN_PREFIX}{}-flood{serial}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        std::fs::create_dir_all(&pin_dir)
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
-        // Removed when anything below fails.
-        let guard = FloodLimiter::partial(&pin_dir);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .map_max_entries(BUCKETS_MAP, scenario.capacity)
-            .load_file(path)
-            .with_context(|| format!("loading {}", path.display()))?;
-        {
-            let program: &mut Xdp = ebpf
-                .program_mut(LIMITER_PROG)
-                .context("the object has no limiter program")?
-                .try_into()?;
-            program
-                .load()
-                .map_err(|e| anyhow::anyhow!("loading {LIMITER_PROG} (verifier): {e:#?}"))?;
-        }
-        ensure!(
-            ebpf.map(NEW_KEYS_MAP).is_some(),
-            "the limiter object has no {NEW_KEYS_MAP} map"
-        );
-        let mut config: Array<_, DatapathConfig> =
-            Array::try_from(ebpf.map_mut(CONFIG_MAP).context("no CONFIG map")?)?;
         let (flags, new_key_limit) = match new_keys_per_sec {
             Some(rate) => (CONFIG_LIMIT_NEW_KEYS, Limit::new(rate, rate)),
             None => (0, Limit::new(1, 1)),
         };
-        let configured_at = Instant::now();
-        config.set(
-            0,
-            DatapathConfig {
-                default_limit: Limit::new(scenario.rate, scenario.burst),
-                new_key_limit,
-                ipv4_prefix: 32,
-                ipv6_prefix: 64,
-                flags,
-                valid: 1,
-            },
-            0,
-        )?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map(COUNTERS_MAP).context("no COUNTERS map")?)?;
-        std::mem::forget(guard);
+        let config = DatapathConfig {
+            default_limit: Limit::new(scenario.rate, scenario.burst),
+            new_key_limit,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            flags,
+            valid: 1,
+        };
+        let name = format!("flood{serial}");
+        let limiter = bench::Limiter::load(path, bpffs, &name, scenario.capacity, config)?;
+        ensure!(
+            limiter.ebpf.map(NEW_KEYS_MAP).is_some(),
+            "the limiter object has no {NEW_KEYS_MAP} map"
+        );
         Ok(FloodLimiter {
-            ebpf,
-            counters,
-            pin_dir,
-            configured_at,
+            limiter,
             new_keys_per_sec,
         })
     }
 
-    /// A guard that removes `dir` on drop (forgotten once loading succeeded).
-    fn partial(dir: &Path) -> impl Drop {
-        struct Guard(PathBuf);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        Guard(dir.to_owned())
+    pub(super) fn program(&self) -> anyhow::Result<&Xdp> {
+        self.limiter.program()
     }
 
-    pub(super) fn program(&self) -> anyhow::Result<&Xdp> {
-        bench::program(&self.ebpf, LIMITER_PROG)
+    /// When its configuration was written: from then on it may create keys.
+    pub(super) fn configured_at(&self) -> Instant {
+        self.limiter.configured_at
     }
 
     /// How many of the well-behaved clients have a key (a lookup from user space does not
     /// mark an entry of an LRU map as used).
     pub(super) fn clients_tracked(&self) -> anyhow::Result<u32> {
-        let map: aya::maps::HashMap<_, BucketKey, BucketState> =
-            aya::maps::HashMap::try_from(self.ebpf.map(BUCKETS_MAP).context("no BUCKETS map")?)?;
+        let map: aya::maps::HashMap<_, BucketKey, BucketState> = aya::maps::HashMap::try_from(
+            self.limiter
+                .ebpf
+                .map(BUCKETS_MAP)
+                .context("no BUCKETS map")?,
+        )?;
         let mut tracked = 0;
         for i in 0..WELL_CLIENTS {
             let [a, b, c, d] = WELL_BASE;
@@ -273,16 +234,6 @@ impl FloodLimiter {
     }
 
     pub(super) fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
-        Ok(self
-            .counters
-            .get(&counter_index(0, counter), 0)?
-            .iter()
-            .fold(0, |sum, v| sum.wrapping_add(*v)))
-    }
-}
-
-impl Drop for FloodLimiter {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        self.limiter.counter(counter)
     }
 }

@@ -638,7 +638,7 @@ fn measure(
     };
     if let Filter::Limiter(limiter) = filter {
         sample.keys_created = limiter.counter(Counter::KeysCreated)?;
-        sample.keys_secs = limiter.configured_at.elapsed().as_secs_f64();
+        sample.keys_secs = limiter.configured_at().elapsed().as_secs_f64();
         sample.new_keys_refused = limiter.counter(Counter::NewKeysRefused)?;
         sample.insert_failed = limiter.counter(Counter::InsertFailed)?;
         sample.limiter_dropped_pps = (end.limiter_dropped - start.limiter_dropped) as f64 / secs;
