@@ -5,6 +5,7 @@
 //! benchmarks alike.
 
 use crate::maps::{BucketKey, BucketState};
+use crate::sys::bpf;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -64,15 +65,7 @@ pub fn for_each_bucket(
         // SAFETY: the kernel writes at most `count` keys and values into buffers of that many
         // elements of the map's key and value sizes (checked by the caller's typed map), and one
         // u32 token into `token_out`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let error = (ret < 0).then(io::Error::last_os_error);
+        let error = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         for i in 0..attr.count as usize {
             visit(&keys[i], &values[i]);
         }
@@ -107,16 +100,6 @@ pub fn update_buckets(
     };
     // SAFETY: keys and values are arrays of `count` elements of the map's key and value types,
     // alive for the call; the kernel only reads them (and writes `attr.count`).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     Ok(attr.count as usize)
 }

@@ -13,3 +13,5 @@ pub mod maps;
 pub mod batch;
 #[cfg(feature = "user")]
 pub mod key;
+#[cfg(feature = "user")]
+pub mod sys;

@@ -6,10 +6,12 @@
 //! when the guards are dropped.
 
 pub mod agent;
+pub mod frame;
 pub mod netns;
 pub mod object;
 pub mod traffic;
 
+use serde_json::Value;
 use std::path::PathBuf;
 
 /// The `limiter` binary under test: `$LIMITER_BIN` (set by `cargo xtask test`), else the release
@@ -34,4 +36,12 @@ pub fn require_root() {
         "these tests create network namespaces and load XDP programs: run them as root \
          (`sudo cargo xtask test`)"
     );
+}
+
+/// `field` of a JSON object (an answer of the CLI or the API) as a number; panics, with the
+/// object, when it is missing or not a whole number.
+pub fn u64_of(value: &Value, field: &str) -> u64 {
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
 }

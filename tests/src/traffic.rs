@@ -230,33 +230,14 @@ impl RawSender {
 
 /// An Ethernet + IPv4 + UDP frame from `src` to `dst`:`port`, between the test bed's MACs.
 pub fn ipv4_udp_frame(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u16) -> Vec<u8> {
-    let payload = b"limiter test";
-    let total_len = (20 + 8 + payload.len()) as u16;
-    let mut frame = Vec::with_capacity(14 + total_len as usize);
-    frame.extend_from_slice(&crate::netns::GATEWAY_MAC_BYTES);
-    frame.extend_from_slice(&crate::netns::CLIENT_MAC_BYTES);
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
-    ip[8] = 64; // TTL
-    ip[9] = 17; // UDP
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let sum = ip
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&port.to_be_bytes());
-    frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    frame.extend_from_slice(&[0, 0]); // no UDP checksum
-    frame.extend_from_slice(payload);
-    frame
+    use crate::frame::{ethernet, udp, Ipv4, ETH_P_IPV4};
+    let ip = Ipv4::udp(src.octets(), dst.octets()).packet(&udp(40000, port, b"limiter test"));
+    ethernet(
+        crate::netns::GATEWAY_MAC_BYTES,
+        crate::netns::CLIENT_MAC_BYTES,
+        ETH_P_IPV4,
+        &ip,
+    )
 }
 
 /// Pins the calling thread to `cpu`.

@@ -10,7 +10,7 @@ use limiter_tests::netns::TestNet;
 use limiter_tests::traffic::{
     steer_tx_queues_by_cpu, Client, PinnedCounters, PinnedFlood, PinnedSenderReport,
 };
-use serde_json::Value;
+use limiter_tests::u64_of;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,12 +24,6 @@ const ATTEMPTS: usize = 4;
 
 /// Each flood takes both CPUs: the tests run one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn u64_of(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
-}
 
 /// Passed and dropped packets of limited keys, per CPU (contention drops are among the dropped).
 fn handled(counters: &PinnedCounters) -> Vec<u64> {

@@ -4,16 +4,10 @@
 use limiter_tests::agent::Agent;
 use limiter_tests::netns::{ip, TestNet};
 use limiter_tests::traffic::{ipv4_udp_frame, BackgroundFlood, Client, RawSender, Receiver};
-use serde_json::Value;
+use limiter_tests::u64_of;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn u64_of(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
-}
 
 fn addr(text: &str) -> IpAddr {
     text.parse().unwrap()

@@ -4,6 +4,7 @@
 use limiter_tests::agent::Agent;
 use limiter_tests::netns::{Netns, TestNet};
 use limiter_tests::traffic::{BackgroundFlood, Receiver};
+use limiter_tests::u64_of;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -241,12 +242,6 @@ impl Exposition {
         values.sort();
         values
     }
-}
-
-fn u64_of(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
 }
 
 /// Scrapes `/metrics`, checking the answer is a well-formed Prometheus text exposition.

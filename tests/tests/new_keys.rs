@@ -7,7 +7,7 @@
 use limiter_tests::agent::Agent;
 use limiter_tests::netns::{ip, Netns, TestNet};
 use limiter_tests::traffic::{ipv4_udp_frame, RawSender, Receiver, PORT};
-use serde_json::Value;
+use limiter_tests::u64_of;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -27,12 +27,6 @@ fn config(new_keys: Option<&str>) -> String {
         text.push_str(&format!("new_keys_per_sec = {value}\n"));
     }
     text
-}
-
-fn u64_of(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
 }
 
 /// Counters of `status --json` that a flood moves.

@@ -4,16 +4,11 @@
 
 use limiter_tests::agent::{limiter, Agent};
 use limiter_tests::netns::TestNet;
+use limiter_tests::u64_of;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-
-fn u64_of(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
-}
 
 fn config(rate: u64, burst: u64) -> String {
     format!("[limits]\nrate = {rate}\nburst = {burst}\n\n[agent]\nmax_keys = 1024\n")

@@ -4,6 +4,7 @@
 use limiter_tests::agent::{limiter, Agent};
 use limiter_tests::netns::TestNet;
 use limiter_tests::traffic::{flood, BackgroundFlood, Client, Receiver};
+use limiter_tests::u64_of;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,12 +15,6 @@ use std::time::{Duration, Instant};
 const RATE: u64 = 2;
 const BURST: u64 = 20;
 const CONFIG: &str = "[limits]\nrate = 2\nburst = 20\n\n[agent]\nmax_keys = 1024\n";
-
-fn u64_of(value: &Value, field: &str) -> u64 {
-    value[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} missing or not a number in {value}"))
-}
 
 /// `burst + ⌊rate·t⌋` for the shortest and longest plausible t, the upper one +1 for rounding.
 fn bucket_bounds(elapsed: Duration, slack: Duration) -> (u64, u64) {

@@ -7,6 +7,7 @@
 //! is not limited or not parsed always passes and bumps its own counter.
 
 use limiter_common::maps::Counter;
+use limiter_tests::frame::{self, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP};
 use limiter_tests::object::{XdpObject, XDP_DROP, XDP_PASS};
 use limiter_tests::require_root;
 use std::fmt::Write as _;
@@ -15,8 +16,6 @@ use std::fmt::Write as _;
 // Packet shapes
 // ---------------------------------------------------------------------------------------------
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
@@ -25,7 +24,6 @@ const ETH_P_LLDP: u16 = 0x88CC;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_ESP: u8 = 50;
@@ -64,37 +62,20 @@ fn arp() -> Vec<u8> {
 }
 
 fn udp(payload: &[u8]) -> Vec<u8> {
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&40000u16.to_be_bytes());
-    udp.extend_from_slice(&9000u16.to_be_bytes());
-    udp.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    udp
+    frame::udp(40000, 9000, payload)
 }
 
 /// An IPv4 packet: `options` (a multiple of 4 bytes), `frag` the flags and fragment offset field.
 fn ipv4(src: [u8; 4], proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
-    assert_eq!(options.len() % 4, 0);
-    let header_len = 20 + options.len();
-    let mut ip = vec![0x40 | (header_len / 4) as u8, 0];
-    ip.extend_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&0x1234u16.to_be_bytes());
-    ip.extend_from_slice(&frag.to_be_bytes());
-    ip.extend_from_slice(&[64, proto, 0, 0]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&[198, 18, 0, 1]);
-    ip.extend_from_slice(options);
-    let mut sum = 0u32;
-    for pair in ip.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    frame::Ipv4 {
+        src,
+        dst: [198, 18, 0, 1],
+        proto,
+        id: 0x1234,
+        frag,
+        options,
     }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    ip.extend_from_slice(payload);
-    ip
+    .packet(payload)
 }
 
 fn ipv4_udp(src: [u8; 4]) -> Vec<u8> {
@@ -172,13 +153,9 @@ fn ipv6(src: [u8; 16], exts: &[Ext], upper: u8, payload: &[u8]) -> Vec<u8> {
     }
     body.extend_from_slice(payload);
     let first = exts.first().map_or(upper, |e| e.proto());
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    ip.extend_from_slice(&[first, 255]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&[0x20, 0x01, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    ip.extend_from_slice(&body);
-    ip
+    let dst = [0x20, 0x01, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // Hop limit 255: neighbour discovery counts only with it.
+    frame::ipv6(src, dst, first, 255, &body)
 }
 
 /// An ICMPv6 message of `icmp_type` (with room for an ND target address).

@@ -31,6 +31,8 @@ use limiter_common::maps::{
     COUNTERS_MAP, DEFAULT_RULE_ID, FAMILY_IPV4, FAMILY_IPV6, LIMITER_PROG,
 };
 use limiter_tests::agent::{ensure_bpffs, TEST_BPFFS};
+use limiter_tests::frame;
+use limiter_tests::netns::{CLIENT_MAC_BYTES, GATEWAY_MAC_BYTES};
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -163,9 +165,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         &objects.join("clock_read"),
         &["clock_ktime", "clock_coarse", "clock_jiffies"],
     )?;
-    let sparse = Limiter::load(&objects.join("limiter"), bpffs, "sparse", DEFAULT_MAX_KEYS)?;
+    let limiter = objects.join("limiter");
+    let sparse = Limiter::load(&limiter, bpffs, "sparse", DEFAULT_MAX_KEYS, cost_config())?;
     // Full: as many keys tracked as the map holds, so that a new key evicts one.
-    let resident = Limiter::load(&objects.join("limiter"), bpffs, "resident", plan.resident)?;
+    let resident = Limiter::load(&limiter, bpffs, "resident", plan.resident, cost_config())?;
     let spare = spare_keys(&plan);
     let fill_time = resident.fill(plan.resident, spare)?;
     let v6_pool = plan.resident - PER_NET - spare;
@@ -353,7 +356,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                     set_source_v6(&mut packet_v6, in_v6_net(host));
                     &packet_v6
                 } else {
-                    set_source(&mut packet, source);
+                    frame::set_ipv4_source(&mut packet, source);
                     &packet
                 };
                 let (verdict, ns) = test_run(single[a].program, frame, 1)?;
@@ -640,15 +643,38 @@ pub(crate) fn remove_stale_pin_dirs(bpffs: &Path) {
 }
 
 /// The `limiter` object, loaded (not attached) with its maps pinned in a directory of its own,
-/// removed on drop, and `[limits]` written to its config.
-struct Limiter {
-    ebpf: Ebpf,
+/// removed on drop, and its configuration written: for the cost benchmark and the flood's
+/// limiter arms alike.
+pub(crate) struct Limiter {
+    pub(crate) ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     pin_dir: PathBuf,
+    /// When its configuration was written: from then on it may create keys.
+    pub(crate) configured_at: Instant,
+}
+
+/// The cost benchmark's configuration: `[limits]` RATE and BURST, IPv6 sources keyed by /128.
+fn cost_config() -> DatapathConfig {
+    DatapathConfig {
+        default_limit: Limit::new(RATE, BURST),
+        new_key_limit: Limit::new(1, 1),
+        ipv4_prefix: 32,
+        ipv6_prefix: 128,
+        flags: 0,
+        valid: 1,
+    }
 }
 
 impl Limiter {
-    fn load(path: &Path, bpffs: &Path, name: &str, max_keys: u32) -> anyhow::Result<Limiter> {
+    /// Loads the object at `path` with a bucket map of `max_keys` entries, its maps pinned in
+    /// `bpffs` under a directory named after `name`, and writes `config`.
+    pub(crate) fn load(
+        path: &Path,
+        bpffs: &Path,
+        name: &str,
+        max_keys: u32,
+        config: DatapathConfig,
+    ) -> anyhow::Result<Limiter> {
         let pin_dir = bpffs.join(format!("{PIN_PREFIX}{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir)
@@ -671,20 +697,10 @@ impl Limiter {
                 )
             })?;
         }
-        let mut config: aya::maps::Array<_, DatapathConfig> =
+        let mut config_map: aya::maps::Array<_, DatapathConfig> =
             aya::maps::Array::try_from(ebpf.map_mut(CONFIG_MAP).context("no CONFIG map")?)?;
-        config.set(
-            0,
-            DatapathConfig {
-                default_limit: Limit::new(RATE, BURST),
-                new_key_limit: Limit::new(1, 1),
-                ipv4_prefix: 32,
-                ipv6_prefix: 128,
-                flags: 0,
-                valid: 1,
-            },
-            0,
-        )?;
+        let configured_at = Instant::now();
+        config_map.set(0, config, 0)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(COUNTERS_MAP).context("no COUNTERS map")?)?;
         guard.disarm();
@@ -692,10 +708,11 @@ impl Limiter {
             ebpf,
             counters,
             pin_dir,
+            configured_at,
         })
     }
 
-    fn program(&self) -> anyhow::Result<&Xdp> {
+    pub(crate) fn program(&self) -> anyhow::Result<&Xdp> {
         Ok(self
             .ebpf
             .program(LIMITER_PROG)
@@ -704,7 +721,7 @@ impl Limiter {
     }
 
     /// A global counter (interface slot 0), summed over the CPUs.
-    fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
+    pub(crate) fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
         Ok(self
             .counters
             .get(&counter_index(0, counter), 0)?
@@ -854,68 +871,32 @@ pub(crate) fn thousands(n: u32) -> String {
     out
 }
 
-const IPV4_SOURCE_AT: usize = 14 + 12;
-const IPV4_CHECKSUM_AT: usize = 14 + 10;
-
-/// A 64-byte Ethernet frame: IPv4, UDP to port 9000, from `source`.
+/// A 64-byte Ethernet frame between the test bed's MACs: IPv4 (don't fragment), UDP to port
+/// 9000, from `source`.
 pub(crate) fn ipv4_udp(source: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![
-        0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x02,
-    ];
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    let payload = 64 - 14 - 20 - 8;
-    let total = (20 + 8 + payload) as u16;
-    frame.extend_from_slice(&[0x45, 0]);
-    frame.extend_from_slice(&total.to_be_bytes());
-    frame.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&DESTINATION);
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&9000u16.to_be_bytes());
-    frame.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    frame.extend_from_slice(&[0, 0]);
-    frame.resize(64, 0);
-    set_source(&mut frame, source);
-    frame
-}
-
-/// Sets the IPv4 source of a frame made by [`ipv4_udp`] and its header checksum.
-fn set_source(frame: &mut [u8], source: [u8; 4]) {
-    frame[IPV4_SOURCE_AT..IPV4_SOURCE_AT + 4].copy_from_slice(&source);
-    frame[IPV4_CHECKSUM_AT..IPV4_CHECKSUM_AT + 2].fill(0);
-    let header = &frame[14..34];
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+    let payload = [0; 64 - 14 - 20 - 8];
+    let ip = frame::Ipv4 {
+        frag: 0x4000,
+        ..frame::Ipv4::udp(source, DESTINATION)
     }
-    frame[IPV4_CHECKSUM_AT..IPV4_CHECKSUM_AT + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    .packet(&frame::udp(40000, 9000, &payload));
+    test_bed_frame(frame::ETH_P_IPV4, &ip)
 }
 
 const IPV6_SOURCE_AT: usize = 14 + 8;
 
-/// A 64-byte Ethernet frame: IPv6, UDP to port 9000, from `source`.
+/// A 64-byte Ethernet frame between the test bed's MACs: IPv6, UDP to port 9000, from `source`.
 fn ipv6_udp(source: [u8; 16]) -> Vec<u8> {
-    let mut frame = vec![
-        0x02, 0x00, 0xc6, 0x12, 0x00, 0x01, 0x02, 0x00, 0xc6, 0x12, 0x00, 0x02,
-    ];
-    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-    let payload = 64 - 14 - 40 - 8;
-    // Version 6, no traffic class or flow label; payload length; UDP; hop limit 64.
-    frame.extend_from_slice(&[0x60, 0, 0, 0]);
-    frame.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    frame.extend_from_slice(&[17, 64]);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&V6_DESTINATION);
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&9000u16.to_be_bytes());
-    frame.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    // No checksum: the program does not look at it.
-    frame.extend_from_slice(&[0, 0]);
-    frame.resize(64, 0);
-    frame
+    let payload = [0; 64 - 14 - 40 - 8];
+    // No UDP checksum (the program does not look at it).
+    let udp = frame::udp(40000, 9000, &payload);
+    let ip = frame::ipv6(source, V6_DESTINATION, frame::IPPROTO_UDP, 64, &udp);
+    test_bed_frame(frame::ETH_P_IPV6, &ip)
+}
+
+/// An Ethernet frame from the test bed's client to its gateway.
+fn test_bed_frame(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    frame::ethernet(GATEWAY_MAC_BYTES, CLIENT_MAC_BYTES, ether_type, payload)
 }
 
 fn set_source_v6(frame: &mut [u8], source: [u8; 16]) {

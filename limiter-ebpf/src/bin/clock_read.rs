@@ -10,6 +10,8 @@
 #![no_std]
 #![no_main]
 
+mod shared;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -43,13 +45,3 @@ pub fn clock_jiffies(_ctx: XdpContext) -> u32 {
     // SAFETY: a helper without arguments.
     verdict(unsafe { bpf_jiffies64() })
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -5,6 +5,8 @@
 #![no_std]
 #![no_main]
 
+mod shared;
+
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 const ETH_LEN: usize = 14;
@@ -25,13 +27,3 @@ pub fn read_drop(ctx: XdpContext) -> u32 {
         xdp_action::XDP_DROP
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

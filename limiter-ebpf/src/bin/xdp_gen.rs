@@ -25,6 +25,8 @@
 #![no_std]
 #![no_main]
 
+mod shared;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
@@ -178,13 +180,3 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_TX
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

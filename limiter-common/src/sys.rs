@@ -1,0 +1,29 @@
+//! The raw `bpf(2)` system call, for the commands aya 0.14 does not offer (batch lookups and
+//! updates, BPF links replaced in place): one wrapper for the agent, the tests and the
+//! benchmarks.
+
+use std::io;
+
+/// `bpf(cmd, attr, sizeof(*attr))`: the kernel's non-negative answer (a file descriptor for the
+/// commands that make one, else 0), or the error it set.
+///
+/// # Safety
+///
+/// `attr` must be the member of `union bpf_attr` that `cmd` reads, laid out as the kernel's,
+/// unused bytes zeroed; every pointer in it must point to memory of the size the command reads
+/// or writes through it, alive for the call. The kernel may write into `attr`.
+pub unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<i32> {
+    // SAFETY: the caller vouches for `attr`; its size is passed with it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut A,
+            std::mem::size_of::<A>() as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret as i32)
+}

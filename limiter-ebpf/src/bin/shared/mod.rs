@@ -1,0 +1,15 @@
+//! What every XDP program of this crate needs besides its code: a panic handler (`no_std`; the
+//! verifier rejects any path that could reach it) and the license the kernel checks for
+//! GPL-only helpers. Each program of `cargo xtask bench` includes it with `mod shared;` (a
+//! directory, so that Cargo does not take it for a program of its own); `src/main.rs` can with
+//! `#[path = "bin/shared/mod.rs"] mod shared;`.
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
