@@ -14,6 +14,7 @@
 
 mod maps;
 mod parse;
+mod runtime;
 mod shared;
 
 use aya_ebpf::{
@@ -385,13 +386,3 @@ fn iface_slot() -> u32 {
     // SAFETY: a read of a static, never written by this program.
     unsafe { read_volatile(&IFACE_SLOT) }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

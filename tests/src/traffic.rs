@@ -191,15 +191,18 @@ impl RawSender {
         let (fd, ifindex) = ns.run(move || {
             use std::os::fd::FromRawFd;
             // Protocol 0: the socket only sends.
+            // SAFETY: a plain syscall with constant arguments.
             let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
             assert!(
                 raw >= 0,
                 "AF_PACKET socket: {}",
                 std::io::Error::last_os_error()
             );
+            // SAFETY: `name` is a NUL-terminated string that outlives the call.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             assert!(ifindex != 0, "no interface {name:?}");
             (
+                // SAFETY: `raw` is a socket just opened, owned by nothing else.
                 unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) },
                 ifindex as i32,
             )
@@ -210,10 +213,12 @@ impl RawSender {
     /// Sends one frame; false when the kernel refused it.
     pub fn send(&self, frame: &[u8]) -> bool {
         use std::os::fd::AsRawFd;
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
+        // SAFETY: the frame and the address are valid for the call, their lengths given.
         let sent = unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),

@@ -4,7 +4,10 @@
 
 use limiter_tests::agent::{limiter, Agent};
 use limiter_tests::netns::TestNet;
+use limiter_tests::traffic::{ipv4_udp_frame, RawSender};
+use limiter_tests::u64_of;
 use serde_json::Value;
+use std::net::Ipv4Addr;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -21,9 +24,7 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn counter(agent: &Agent, name: &str) -> u64 {
-    agent.json(&["status"])[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status has no {name}"))
+    u64_of(&agent.json(&["status"]), name)
 }
 
 #[test]
@@ -537,4 +538,51 @@ fn the_rate_shown_is_the_rate_configured() {
                 .any(|k| k["rule"] == "override 198.18.0.10/32" && k["rate"] == 7)
         })
     });
+}
+
+#[test]
+fn a_spoofed_flood_neither_passes_nor_evicts_by_default() {
+    // No new_keys_per_sec: the default bound (max_keys / 100 per second, at least 100, and
+    // 1000 at once for this table of 1024 keys).
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(
+        &net,
+        Some("[limits]\nrate = 100000\nburst = 100000\n\n[agent]\nmax_keys = 1024\n"),
+    );
+    let sender = RawSender::new(&net.clients, &net.client_if);
+    let gateway = Ipv4Addr::new(198, 18, 0, 1);
+    let established = Ipv4Addr::new(198, 18, 0, 10);
+    for _ in 0..5 {
+        assert!(sender.send(&ipv4_udp_frame(established, gateway, 9000)));
+    }
+    eventually("the established client is tracked", || {
+        agent.cli(&["inspect", "198.18.0.10"]).code == 0
+    });
+    // Three times the table in new (spoofed) sources, as fast as they go.
+    let sent = (0..3072u32)
+        .filter(|n| {
+            let source = Ipv4Addr::new(198, 19, (n >> 8) as u8, *n as u8);
+            sender.send(&ipv4_udp_frame(source, gateway, 9000))
+        })
+        .count();
+    assert_eq!(sent, 3072);
+    eventually("the flood is counted", || {
+        counter(&agent, "keys_created") + counter(&agent, "new_keys_refused") >= 3072
+    });
+    let status = agent.json(&["status"]);
+    assert!(u64_of(&status, "new_keys_refused") > 0, "{status}");
+    assert_eq!(u64_of(&status, "evicted_keys"), 0, "{status}");
+    let key = agent.json(&["inspect", "198.18.0.10"]);
+    assert_eq!(
+        u64_of(&key, "passed"),
+        5,
+        "the established client lost its key: {key}"
+    );
+    assert!(
+        agent
+            .cli(&["status"])
+            .stdout
+            .contains("may lose its first packets"),
+        "status does not say what the bound costs"
+    );
 }

@@ -10,7 +10,8 @@
 #![no_std]
 #![no_main]
 
-mod shared;
+#[path = "../runtime.rs"]
+mod runtime;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -5,7 +5,8 @@
 #![no_std]
 #![no_main]
 
-mod shared;
+#[path = "../runtime.rs"]
+mod runtime;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

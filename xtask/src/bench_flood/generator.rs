@@ -71,6 +71,7 @@ pub(super) struct GenState {
 
 // SAFETY: #[repr(C)] plain data without padding.
 unsafe impl aya::Pod for GenConfig {}
+// SAFETY: as above.
 unsafe impl aya::Pod for GenState {}
 
 pub(super) struct Sender<'a> {

@@ -37,8 +37,8 @@ impl XdpLink {
             attr[2] = BPF_XDP;
             // SAFETY: a link_create member without pointers, zero-padded to the size given.
             let fd = unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.context("BPF_LINK_CREATE (XDP)")?;
-            // SAFETY: the kernel returned a new file descriptor.
             Ok(XdpLink {
+                // SAFETY: the kernel returned a new file descriptor, owned by nothing else.
                 fd: unsafe { OwnedFd::from_raw_fd(fd) },
             })
         })?

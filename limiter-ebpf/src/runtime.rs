@@ -1,8 +1,7 @@
 //! What every XDP program of this crate needs besides its code: a panic handler (`no_std`; the
 //! verifier rejects any path that could reach it) and the license the kernel checks for
-//! GPL-only helpers. Each program of `cargo xtask bench` includes it with `mod shared;` (a
-//! directory, so that Cargo does not take it for a program of its own); `src/main.rs` can with
-//! `#[path = "bin/shared/mod.rs"] mod shared;`.
+//! GPL-only helpers. `src/main.rs` includes it with `mod runtime;`, each program of
+//! `cargo xtask bench` with `#[path = "../runtime.rs"] mod runtime;`.
 
 #[cfg(not(test))]
 #[panic_handler]
