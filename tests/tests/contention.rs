@@ -208,9 +208,10 @@ fn flood_one_key(
         passed + dropped <= total_sent,
         "the key counted more than was sent; {summary}"
     );
-    // The lower bound holds for a key kept over its limit all along.
+    // The lower bound holds for a key kept over its limit all along: offered at least twice
+    // what it may pass (on a busy machine the senders manage about that at 100 000/s).
     assert!(
-        dropped > 2 * passed,
+        dropped > passed,
         "the flood was not far enough over the limit; {summary}"
     );
     // A packet is dropped only when its bucket is empty: never because its update lost to the
