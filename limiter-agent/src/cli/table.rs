@@ -38,22 +38,42 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-/// A count for a table: exact below 10 000, else "12.3k", "4.56M", "7.1G".
+/// A count for a table or a narrow column: exact below 10 000, else "12.3k", "4.56M", "7.10G".
 pub fn count(n: u64) -> String {
-    let (value, unit) = match n {
-        0..=9_999 => return n.to_string(),
-        10_000..=999_999 => (n as f64 / 1e3, "k"),
-        1_000_000..=999_999_999 => (n as f64 / 1e6, "M"),
-        _ => (n as f64 / 1e9, "G"),
-    };
-    let digits = if value < 10.0 {
-        2
-    } else if value < 100.0 {
-        1
+    if n < 10_000 {
+        n.to_string()
     } else {
-        0
-    };
-    format!("{value:.digits$}{unit}")
+        scaled(n as f64)
+    }
+}
+
+/// A rate per second: 0, 0.5, 37, 1234, 12.3k …
+pub fn rate(rate: f64) -> String {
+    if rate < 0.05 {
+        "0".to_owned()
+    } else if rate < 9.95 {
+        format!("{rate:.1}")
+    } else if rate < 9_999.5 {
+        format!("{rate:.0}")
+    } else {
+        scaled(rate)
+    }
+}
+
+/// Three significant digits and a unit: 12.3k, 4.56M, 789G, 1.20T.
+fn scaled(value: f64) -> String {
+    let (value, unit) = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+        .into_iter()
+        .find(|(scale, _)| value >= *scale)
+        .map(|(scale, unit)| (value / scale, unit))
+        .unwrap_or((value, ""));
+    if value < 9.995 {
+        format!("{value:.2}{unit}")
+    } else if value < 99.95 {
+        format!("{value:.1}{unit}")
+    } else {
+        format!("{value:.0}{unit}")
+    }
 }
 
 #[cfg(test)]
