@@ -248,15 +248,20 @@ impl Agent {
         self.dir.join("state")
     }
 
-    /// Runs `limiter agent` in this agent's namespace on its interface with `args` (and nothing
-    /// else), for starts that must be refused: how it exited and what it said. An agent that
-    /// did start is stopped after `within`, and that is a failure of the caller's assertion.
-    pub fn run_other(&self, args: &[&str], within: Duration) -> CliOutput {
+    /// Runs another `limiter agent` in this agent's namespace on its interface with
+    /// `pin_path` and `api_socket` (metrics on a port of its own), for starts that must be
+    /// refused: how it exited and what it said. One that did start is stopped after 20 s (and
+    /// exits 0, which the caller's assertion then catches).
+    pub fn run_other(&self, pin_path: &Path, api_socket: &Path) -> CliOutput {
+        let within = Duration::from_secs(20);
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
             .arg(crate::limiter_bin())
-            .args(["agent", "--iface", &self.iface])
-            .args(args)
+            .args(["agent", "--iface", &self.iface, "--metrics", "127.0.0.1:0"])
+            .arg("--pin-path")
+            .arg(pin_path)
+            .arg("--api-socket")
+            .arg(api_socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

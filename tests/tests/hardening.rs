@@ -23,6 +23,12 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Asserts the agent's log says `what`.
+fn assert_logged(agent: &Agent, what: &str) {
+    let log = agent.log();
+    assert!(log.contains(what), "the log does not say {what:?}:\n{log}");
+}
+
 fn counter(agent: &Agent, name: &str) -> u64 {
     u64_of(&agent.json(&["status"]), name)
 }
@@ -32,17 +38,7 @@ fn a_second_agent_on_the_same_pins_is_refused_naming_the_first() {
     let net = TestNet::new(0, 1);
     let agent = Agent::start(&net, Some(CONFIG));
     let other_socket = agent.dir.join("other.sock");
-    let out = agent.run_other(
-        &[
-            "--pin-path",
-            agent.pin_path.to_str().unwrap(),
-            "--api-socket",
-            other_socket.to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-        Duration::from_secs(20),
-    );
+    let out = agent.run_other(&agent.pin_path, &other_socket);
     assert_ne!(out.code, 0, "a second agent started: {out:?}");
     let pid = agent.pid().unwrap();
     assert!(
@@ -73,11 +69,7 @@ fn detach_under_a_running_agent_is_noticed_and_said() {
         agent.cli(&["status"]).stdout.contains("DETACHED"),
         "the table does not say it"
     );
-    assert!(
-        agent.log().contains("no longer attached"),
-        "{}",
-        agent.log()
-    );
+    assert_logged(&agent, "no longer attached");
 }
 
 #[test]
@@ -89,17 +81,7 @@ fn pins_and_files_that_are_not_limiters_are_left_alone() {
     // removes limiter's pins only.
     let foreign = agent.pin_path.join("other-tool");
     std::fs::create_dir(&foreign).unwrap();
-    let out = agent.run_other(
-        &[
-            "--pin-path",
-            agent.pin_path.to_str().unwrap(),
-            "--api-socket",
-            agent.dir.join("a.sock").to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-        Duration::from_secs(20),
-    );
+    let out = agent.run_other(&agent.pin_path, &agent.dir.join("a.sock"));
     assert!(
         out.code != 0 && out.stderr.contains("other-tool"),
         "{out:?}"
@@ -123,17 +105,7 @@ fn pins_and_files_that_are_not_limiters_are_left_alone() {
     let plain = agent.dir.join("plain");
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("precious"), "state").unwrap();
-    let out = agent.run_other(
-        &[
-            "--pin-path",
-            plain.to_str().unwrap(),
-            "--api-socket",
-            agent.dir.join("b.sock").to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-        Duration::from_secs(20),
-    );
+    let out = agent.run_other(&plain, &agent.dir.join("b.sock"));
     assert!(
         out.code != 0 && out.stderr.contains("not on a BPF filesystem"),
         "{out:?}"
@@ -152,17 +124,7 @@ fn pins_and_files_that_are_not_limiters_are_left_alone() {
     let link = agent.dir.join("link.sock");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     for path in [&file, &link] {
-        let out = agent.run_other(
-            &[
-                "--pin-path",
-                agent.pin_path.to_str().unwrap(),
-                "--api-socket",
-                path.to_str().unwrap(),
-                "--metrics",
-                "127.0.0.1:0",
-            ],
-            Duration::from_secs(20),
-        );
+        let out = agent.run_other(&agent.pin_path, path);
         assert!(
             out.code != 0 && out.stderr.contains("is not a socket"),
             "{out:?}"
@@ -448,11 +410,7 @@ fn pins_of_a_build_with_another_map_layout_are_named_as_such() {
     config.set(0, value, 0).unwrap();
     agent.spawn_unchecked();
     assert_ne!(agent.wait_exit(), Some(0));
-    assert!(
-        agent.log().contains("another map layout (version 7"),
-        "{}",
-        agent.log()
-    );
+    assert_logged(&agent, "another map layout (version 7");
 }
 
 #[test]
