@@ -544,3 +544,43 @@ fn a_spoofed_flood_neither_passes_nor_evicts_by_default() {
         "status does not say what the bound costs"
     );
 }
+
+#[test]
+fn link_local_neighbours_do_not_share_a_bucket() {
+    use limiter_tests::frame::{ethernet, ipv6, udp, ETH_P_IPV6, IPPROTO_UDP};
+    // ipv6_prefix = 64: every fe80:: source of the link would fall into one key.
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(
+        &net,
+        Some("[limits]\nrate = 1\nburst = 3\nipv6_prefix = 64\n"),
+    );
+    let sender = RawSender::new(&net.clients, &net.client_if);
+    let neighbour = |last: u8| {
+        let mut a = [0u8; 16];
+        a[..2].copy_from_slice(&[0xfe, 0x80]);
+        a[15] = last;
+        a
+    };
+    let mut gateway = neighbour(1);
+    gateway[14] = 0xff;
+    // A flooder and a quiet neighbour, both on the link.
+    for (source, frames) in [(neighbour(0x0a), 20), (neighbour(0x0b), 2)] {
+        let packet = ipv6(source, gateway, IPPROTO_UDP, 64, &udp(547, 546, b"dhcpv6"));
+        let frame = ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], ETH_P_IPV6, &packet);
+        for _ in 0..frames {
+            assert!(sender.send(&frame));
+        }
+    }
+    eventually("both neighbours are tracked", || {
+        agent.cli(&["inspect", "fe80::b"]).code == 0 && agent.cli(&["inspect", "fe80::a"]).code == 0
+    });
+    let flooder = agent.json(&["inspect", "fe80::a"]);
+    let quiet = agent.json(&["inspect", "fe80::b"]);
+    assert_eq!(flooder["key"], "fe80::a/128", "{flooder}");
+    assert_eq!(quiet["key"], "fe80::b/128", "{quiet}");
+    assert_eq!(
+        (u64_of(&quiet, "passed"), u64_of(&quiet, "dropped")),
+        (2, 0),
+        "the quiet neighbour paid for the flooder: {quiet}"
+    );
+}
