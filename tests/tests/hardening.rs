@@ -584,3 +584,47 @@ fn link_local_neighbours_do_not_share_a_bucket() {
         "the quiet neighbour paid for the flooder: {quiet}"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_the_key_list_is_let_go_and_wide_keys_stay_bounded() {
+    use std::io::Write;
+    let net = TestNet::new(0, 1);
+    let agent = Agent::start(
+        &net,
+        Some(
+            "[limits]\nrate = 100000\nburst = 100000\n\n[agent]\nmax_keys = 16384\n\
+             new_keys_per_sec = \"off\"\n",
+        ),
+    );
+    // 12 000 keys: a list of a few megabytes, more than the socket and the agent's queue hold.
+    let sender = RawSender::new(&net.clients, &net.client_if);
+    let gateway = Ipv4Addr::new(198, 18, 0, 1);
+    for n in 0..12_000u32 {
+        let source = Ipv4Addr::new(198, 19, (n >> 8) as u8, n as u8);
+        assert!(sender.send(&ipv4_udp_frame(source, gateway, 9000)));
+    }
+    eventually("the keys are tracked", || {
+        counter(&agent, "tracked_keys") >= 12_000
+    });
+    let mut stalled = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    stalled
+        .write_all(b"GET /v1/keys HTTP/1.1\r\nHost: limiter\r\n\r\n")
+        .unwrap();
+    // It reads nothing; the API answers others meanwhile, and after 5 s the list is dropped.
+    assert_eq!(agent.cli(&["status"]).code, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent.log().contains("stopped reading the key list") {
+        assert!(Instant::now() < deadline, "still sending:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stalled);
+
+    // A KEY that covers every key: refused with a count, not built into memory.
+    let out = agent.cli(&["inspect", "0.0.0.0/0"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("selects 12000 tracked keys"),
+        "{}",
+        out.stderr
+    );
+}
