@@ -99,22 +99,29 @@ fn main() {
     embed(&object);
 }
 
-/// What the eBPF build needs and this machine lacks, if anything.
+/// What the eBPF build needs and this machine lacks, if anything: the nightly toolchain with
+/// its rust-src (for `-Z build-std=core`), and bpf-linker.
 fn missing_toolchain() -> Option<String> {
-    let works = |cmd: &mut Command| {
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    let sysroot = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .stderr(Stdio::null())
+        .output();
+    let sysroot = match sysroot {
+        Ok(out) if out.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+        _ => return Some("no nightly toolchain".to_owned()),
     };
-    if !works(
-        Command::new("rustup")
-            .args(["run", "nightly", "rustc", "--version"])
-            .env_remove("RUSTUP_TOOLCHAIN"),
-    ) {
-        return Some("no nightly toolchain".to_owned());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Some("the nightly toolchain has no rust-src".to_owned());
     }
-    if !works(Command::new("bpf-linker").arg("--version")) {
+    let linker = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !linker.is_ok_and(|s| s.success()) {
         return Some("no bpf-linker".to_owned());
     }
     None
