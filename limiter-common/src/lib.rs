@@ -7,6 +7,7 @@
 
 pub mod bucket;
 pub mod charge;
+pub mod http;
 pub mod maps;
 
 #[cfg(feature = "user")]
