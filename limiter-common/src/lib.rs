@@ -8,6 +8,7 @@
 pub mod bucket;
 pub mod charge;
 pub mod http;
+pub mod keyhash;
 pub mod maps;
 
 #[cfg(feature = "user")]
