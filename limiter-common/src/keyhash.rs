@@ -62,7 +62,7 @@ impl KeyHasher {
         let shift = (self.len % 8) * 8;
         self.word |= u64::from(byte) << shift;
         self.len += 1;
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             let m = self.word;
             self.compress(m);
             self.word = 0;
