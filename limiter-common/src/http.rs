@@ -16,9 +16,9 @@
 
 /// Bytes of a request scanned at most.
 pub const WINDOW: usize = 2048;
-/// Key headers at most (`x-api-key`, `authorization` …).
+/// Key headers at most (`x-api-key`, `authorization` …). A power of two: indexes are masked.
 pub const MAX_KEY_HEADERS: usize = 2;
-/// Length of a key header's name at most.
+/// Length of a key header's name at most. A power of two: indexes are masked.
 pub const MAX_HEADER_NAME: usize = 32;
 /// Length of a request method at most (`OPTIONS`, `PROPFIND` …).
 const MAX_METHOD: u16 = 16;
@@ -33,6 +33,8 @@ pub struct KeyHeaders {
     names: [[u8; MAX_HEADER_NAME]; MAX_KEY_HEADERS],
     lens: [u8; MAX_KEY_HEADERS],
     count: u8,
+    /// A bit per header that is `Authorization` (its key is a Bearer token).
+    bearer: u8,
 }
 
 impl KeyHeaders {
@@ -45,24 +47,41 @@ impl KeyHeaders {
             names: [[0; MAX_HEADER_NAME]; MAX_KEY_HEADERS],
             lens: [0; MAX_KEY_HEADERS],
             count: names.len() as u8,
+            bearer: 0,
         };
-        for (i, name) in names.iter().enumerate() {
+        let slots = headers.names.iter_mut().zip(headers.lens.iter_mut());
+        for (i, (name, (slot, len))) in names.iter().zip(slots).enumerate() {
             if name.is_empty() || name.len() > MAX_HEADER_NAME {
                 return Err("a header name of 1 to 32 characters");
             }
             if !name.iter().all(|b| is_token(*b)) {
                 return Err("a header name of letters, digits and -!#$%&'*+.^_`|~ only");
             }
-            for (j, b) in name.iter().enumerate() {
-                headers.names[i][j] = b.to_ascii_lowercase();
+            for (to, from) in slot.iter_mut().zip(name.iter()) {
+                *to = from.to_ascii_lowercase();
             }
-            headers.lens[i] = name.len() as u8;
+            *len = name.len() as u8;
+            if name.eq_ignore_ascii_case(AUTHORIZATION) {
+                headers.bearer |= 1 << i;
+            }
         }
         Ok(headers)
     }
 
-    fn name(&self, i: usize) -> &[u8] {
-        &self.names[i][..self.lens[i] as usize]
+    /// Whether header `i`'s name has byte `lower` at `pos`. (No indexing that could panic:
+    /// the XDP program runs this, and a panic path does not pass the verifier.)
+    ///
+    /// The indexes are masked to the arrays' (power of two) sizes after the comparisons that
+    /// bound them: the verifier then knows the bounds of every read.
+    #[inline(always)]
+    fn name_has(&self, i: usize, pos: usize, lower: u8) -> bool {
+        let i = i & (MAX_KEY_HEADERS - 1);
+        pos < self.lens[i] as usize && self.names[i][pos & (MAX_HEADER_NAME - 1)] == lower
+    }
+
+    #[inline(always)]
+    fn len(&self, i: usize) -> u16 {
+        u16::from(self.lens[i & (MAX_KEY_HEADERS - 1)])
     }
 }
 
@@ -187,8 +206,7 @@ impl Scanner {
                 b' ' | b'\t' => {}
                 b'\r' | b'\n' => self.line_end(byte),
                 _ => {
-                    let name = self.headers.name(self.header as usize);
-                    if name == AUTHORIZATION {
+                    if self.headers.bearer & (1 << self.header) != 0 {
                         self.state = State::Scheme;
                         self.pos = 0;
                         self.scheme_byte(byte);
@@ -207,7 +225,7 @@ impl Scanner {
                 b'\r' | b'\n' => {
                     let len = self.end - self.start;
                     if len > 0 {
-                        self.found[self.header as usize] = Some(Span {
+                        self.found[self.header as usize & (MAX_KEY_HEADERS - 1)] = Some(Span {
                             start: self.start,
                             len,
                         });
@@ -234,7 +252,7 @@ impl Scanner {
             b':' => {
                 self.state = State::SkipLine;
                 for i in 0..self.headers.count as usize {
-                    if self.candidates & (1 << i) != 0 && self.headers.lens[i] as u16 == self.pos {
+                    if self.candidates & (1 << i) != 0 && self.headers.len(i) == self.pos {
                         // Only a header's first line is read (as a gateway reads it).
                         if self.seen & (1 << i) == 0 {
                             self.seen |= 1 << i;
@@ -250,7 +268,7 @@ impl Scanner {
                 let lower = byte.to_ascii_lowercase();
                 for i in 0..self.headers.count as usize {
                     let pos = self.pos as usize;
-                    if pos >= self.headers.lens[i] as usize || self.headers.names[i][pos] != lower {
+                    if !self.headers.name_has(i, pos, lower) {
                         self.candidates &= !(1 << i);
                     }
                 }
@@ -272,7 +290,7 @@ impl Scanner {
                 b'\r' | b'\n' => self.line_end(byte),
                 _ => self.state = State::SkipLine,
             }
-        } else if byte.to_ascii_lowercase() == BEARER[pos] {
+        } else if BEARER.get(pos) == Some(&byte.to_ascii_lowercase()) {
             self.pos += 1;
         } else if byte == b'\r' || byte == b'\n' {
             self.line_end(byte);
