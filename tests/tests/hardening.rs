@@ -500,8 +500,8 @@ fn the_rate_shown_is_the_rate_configured() {
 
 #[test]
 fn a_spoofed_flood_neither_passes_nor_evicts_by_default() {
-    // No new_keys_per_sec: the default bound (max_keys / 100 per second, at least 100, and
-    // 1000 at once for this table of 1024 keys).
+    // No new_keys_per_sec: the default bound (max_keys / 100 per second, max_keys / 10 at once:
+    // 10/s and 102 at once for this table of 1024 keys).
     let net = TestNet::new(0, 1);
     let agent = Agent::start(
         &net,

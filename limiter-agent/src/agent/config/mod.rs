@@ -110,8 +110,6 @@ impl NewKeys {
     /// The default bound is `max_keys` / this per second: a flood of new sources cannot turn
     /// the whole table over in less than this many seconds.
     pub const DEFAULT_SHARE: u32 = 100;
-    /// The default bound is never below this per second.
-    pub const DEFAULT_FLOOR: u64 = 100;
 
     /// Keys created per second at most, and at once, under `max_keys`; `None`: no bound.
     pub fn rate_and_burst(self, max_keys: u32) -> Option<(u64, u64)> {
@@ -119,11 +117,11 @@ impl NewKeys {
             NewKeys::Off => None,
             NewKeys::PerSec(rate) => Some((rate.get(), rate.get())),
             NewKeys::Default => {
-                let rate =
-                    (u64::from(max_keys) / u64::from(Self::DEFAULT_SHARE)).max(Self::DEFAULT_FLOOR);
+                let rate = (u64::from(max_keys) / u64::from(Self::DEFAULT_SHARE)).max(1);
                 // New clients come in bursts (a balancer failing over, a fleet restarting):
-                // a tenth of the table at once.
-                let burst = (u64::from(max_keys) / 10).max(10 * Self::DEFAULT_FLOOR);
+                // a tenth of the table at once — no more, or a flood fills the table in one
+                // burst (an LRU map starts evicting before it is quite full).
+                let burst = (u64::from(max_keys) / 10).max(1);
                 Some((rate, burst))
             }
         }
@@ -708,14 +706,14 @@ mod tests {
 
     #[test]
     fn new_keys_are_bounded_by_default_and_the_bound_can_be_set_or_switched_off() {
-        // Absent: a hundredth of max_keys per second (at least 100), a tenth of it at once.
+        // Absent: a hundredth of max_keys per second, a tenth of it at once.
         let default = Config::parse("[agent]\nmax_keys = 1000000\n", "t.toml").unwrap();
         assert_eq!(default.agent.new_keys_per_sec, NewKeys::Default);
         let datapath = default.datapath();
         assert_ne!(datapath.flags & CONFIG_LIMIT_NEW_KEYS, 0);
         assert_eq!(datapath.new_key_limit, Limit::new(10_000, 100_000));
         let small = Config::parse("[agent]\nmax_keys = 1024\n", "t.toml").unwrap();
-        assert_eq!(small.datapath().new_key_limit, Limit::new(100, 1000));
+        assert_eq!(small.datapath().new_key_limit, Limit::new(10, 102));
 
         let off = Config::parse("[agent]\nnew_keys_per_sec = \"off\"\n", "t.toml").unwrap();
         assert_eq!(off.agent.new_keys_per_sec, NewKeys::Off);
