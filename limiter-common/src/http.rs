@@ -167,6 +167,24 @@ impl Scanner {
         self.state != State::Done
     }
 
+    /// Takes the 8 bytes at `index` (`word`, little-endian: its first byte is the request's byte
+    /// at `index`), of which the first `valid` are the request's. A line the scanner only skips
+    /// (the request line, a header it does not read) is crossed a word at a time when the word
+    /// holds no line feed: most of a request is such lines, so the XDP program needs an eighth
+    /// of the rounds.
+    #[inline(always)]
+    pub fn step_word(&mut self, index: u16, word: u64, valid: u32) {
+        let skipping = matches!(self.state, State::RequestLine | State::SkipLine);
+        if skipping && valid == 8 && !has_byte(word, b'\n') {
+            return;
+        }
+        for i in 0..8u32 {
+            if i < valid && self.wants_more() {
+                self.step(index.wrapping_add(i as u16), (word >> (8 * i)) as u8);
+            }
+        }
+    }
+
     /// Takes the byte at `index` of the request.
     #[inline(always)]
     pub fn step(&mut self, index: u16, byte: u8) {
@@ -342,6 +360,34 @@ pub fn scan(request: &[u8], headers: &KeyHeaders) -> Scan {
             break;
         }
         scanner.step(i as u16, *byte);
+    }
+    scanner.finish()
+}
+
+/// Whether one of `word`'s bytes is `byte` (the classic SWAR test: a zero byte in the XOR).
+#[inline(always)]
+fn has_byte(word: u64, byte: u8) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+/// Scans the first [`WINDOW`] bytes of `request` a word at a time, as the XDP program does.
+pub fn scan_words(request: &[u8], headers: &KeyHeaders) -> Scan {
+    let mut scanner = Scanner::new(headers);
+    let window = &request[..request.len().min(WINDOW)];
+    for (i, chunk) in window.chunks(8).enumerate() {
+        if !scanner.wants_more() {
+            break;
+        }
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        scanner.step_word(
+            (i * 8) as u16,
+            u64::from_le_bytes(bytes),
+            chunk.len() as u32,
+        );
     }
     scanner.finish()
 }
@@ -543,6 +589,24 @@ mod tests {
             if let Some(expected) = oracle(&request) {
                 prop_assert_eq!(key(&request).map(<[u8]>::to_vec), expected);
             }
+        }
+
+        /// A word at a time, the same answer as a byte at a time.
+        #[test]
+        fn words_agree_with_bytes(
+            fields in proptest::collection::vec(field(), 0..8),
+            junk in proptest::collection::vec(any::<u8>(), 0..40),
+            cut in 0usize..600,
+        ) {
+            let mut request = b"GET /v1/x HTTP/1.1\r\nHost: gw\r\n".to_vec();
+            for f in &fields {
+                request.extend_from_slice(f.as_bytes());
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(&junk);
+            request.extend_from_slice(b"\r\n\r\n");
+            request.truncate(cut.max(1).min(request.len()));
+            prop_assert_eq!(scan_words(&request, &headers()), scan(&request, &headers()));
         }
 
         /// Mangled bytes never make it panic, and a key it reports lies inside the request.

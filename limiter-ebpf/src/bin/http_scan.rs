@@ -27,28 +27,32 @@ pub struct Scratch {
     len: u32,
 }
 
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// What `bpf_loop` hands the callback: it must live on the stack.
 #[repr(C)]
 struct LoopContext {
     scratch: *mut Scratch,
 }
 
-/// One byte of the window: the callback `bpf_loop` calls, verified once (a loop of 2048 rounds
-/// of the state machine, unrolled by the verifier, is far beyond its million instructions).
+/// One word (8 bytes) of the window: the callback `bpf_loop` calls, verified once (a loop of 2048
+/// rounds of the state machine, unrolled by the verifier, is far beyond its million instructions).
 #[inline(never)]
-extern "C" fn scan_byte(index: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn scan_word(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the LoopContext on the caller's stack, its pointer a per-CPU map value.
     let scratch = unsafe { &mut *(*(ctx as *mut LoopContext)).scratch };
-    if index >= scratch.len || !scratch.scanner.wants_more() {
+    let offset = index.wrapping_mul(8);
+    if offset >= scratch.len || !scratch.scanner.wants_more() {
         return 1;
     }
-    let byte = scratch.bytes[index as usize & (WINDOW - 1)];
-    scratch.scanner.step(index as u16, byte);
+    let at = offset as usize & (WINDOW - 8);
+    // SAFETY: 8 bytes inside the scratch value (`at` is a multiple of 8 below WINDOW - 7).
+    let word = unsafe { (scratch.bytes.as_ptr().add(at) as *const u64).read_unaligned() };
+    let valid = (scratch.len - offset).min(8);
+    scratch.scanner.step_word(offset as u16, word, valid);
     0
 }
-
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_LEN: usize = 14;
 
@@ -108,8 +112,8 @@ pub fn http_scan(ctx: XdpContext) -> u32 {
     // SAFETY: the callback and its stack context, as bpf_loop takes them.
     unsafe {
         bpf_loop(
-            len as u32,
-            scan_byte as *mut c_void,
+            len.div_ceil(8) as u32,
+            scan_word as *mut c_void,
             (&mut context as *mut LoopContext).cast(),
             0,
         )
