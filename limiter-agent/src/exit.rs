@@ -8,7 +8,7 @@ Exit status:
   0  success
   1  the operation failed (the message says why)
   2  bad usage: unknown flag, malformed KEY or CIDR, a KEY that selects several keys for inspect
-  3  no agent reachable on the API socket (not running, or permission denied)
+  3  no agent reachable on the API socket (not running, permission denied, or no answer in 10 s)
   4  the KEY is not tracked
   5  there is no override for the CIDR (overrides rm)";
 

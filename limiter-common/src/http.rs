@@ -1,5 +1,5 @@
 //! Finding the API key in an HTTP/1.x request, one byte at a time (a first step of API keys at
-//! the NIC; nothing calls it yet).
+//! the NIC: only the experiment program `limiter-ebpf/src/bin/http_scan.rs` calls it yet).
 //!
 //! The scanner is a small state machine fed the request's first bytes in order, so that the
 //! XDP program can drive it from a bounded loop (or `bpf_loop`) over a window copied from the

@@ -34,8 +34,9 @@ pub struct Datapath {
     overrides: RuleTries,
     /// The limits in force by rule id, for `rule`, `remaining` and `retry_after_ms`.
     limits: StdHashMap<u32, Shown>,
-    /// The configuration in force (set by `apply`).
-    applied: Option<Config>,
+    /// The configuration in force and its rules resolved (set by `apply`): kept, not
+    /// recomputed on every lookup (`rule_in_force` runs per key an `inspect` looks at).
+    applied: Option<(Config, Vec<ResolvedRule>)>,
     /// The overrides in force (set by `set_overrides`).
     override_rules: Vec<ResolvedRule>,
     /// What CONFIG holds (set by `write_config`).
@@ -136,8 +137,9 @@ impl Datapath {
     /// Tells the datapath the configuration: the rules first, then the config that enables them,
     /// so that every packet sees either the old rule set or the new one's entries.
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
-        self.rules.write(&config.resolved_rules())?;
-        self.applied = Some(config.clone());
+        let rules = config.resolved_rules();
+        self.rules.write(&rules)?;
+        self.applied = Some((config.clone(), rules));
         self.write_config()
     }
 
@@ -151,7 +153,10 @@ impl Datapath {
     /// Writes CONFIG from the configuration and overrides in force, and the limits the API
     /// shows per rule id.
     fn write_config(&mut self) -> anyhow::Result<()> {
-        let config = self.config().clone();
+        let (config, rules) = self
+            .applied
+            .as_ref()
+            .expect("a configuration is applied first");
         let mut datapath: DatapathConfig = config.datapath();
         if self.override_rules.iter().any(|r| r.cidr.is_ipv4()) {
             datapath.flags |= CONFIG_HAS_OVERRIDES_V4;
@@ -164,8 +169,7 @@ impl Datapath {
             .context("writing the CONFIG map")?;
         self.written = Some(datapath);
         let before = std::mem::take(&mut self.limits);
-        self.limits = config
-            .resolved_rules()
+        self.limits = rules
             .iter()
             .chain(&self.override_rules)
             .chain([&config.default_rule()])
@@ -185,15 +189,18 @@ impl Datapath {
     /// by the datapath's own code, with the agent's lists of overrides and rules as the
     /// lookups; `[limits]` (id 0) when none applies.
     pub fn rule_in_force(&self, prefix: &Prefix) -> ResolvedRule {
-        let rules = self.config().resolved_rules();
+        let (config, rules) = self
+            .applied
+            .as_ref()
+            .expect("a configuration is applied before the datapath is shared");
         charge::find_rule(
             prefix.is_ipv4(),
             self.written(),
             || longest_match(&self.override_rules, prefix),
-            || longest_match(&rules, prefix),
+            || longest_match(rules, prefix),
         )
         .unwrap_or_else(|| {
-            let mut default = self.config().default_rule();
+            let mut default = config.default_rule();
             default.cidr = Prefix::new(prefix.addr(), 0);
             default
         })
@@ -204,13 +211,6 @@ impl Datapath {
         self.written
             .as_ref()
             .expect("a configuration is written before the datapath is shared")
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        self.applied
-            .as_ref()
-            .expect("a configuration is applied before the datapath is shared")
     }
 
     /// Every counter of every interface, summed over the CPUs: one walk of the COUNTERS map.
