@@ -8,14 +8,15 @@
 //! key: the source masked to the configured prefix (or to the rule's CIDR when the rule is
 //! `shared`), under the rule's id.
 //!
-//! A source key is one kind of key; API keys will be another (a bucket per hashed HTTP API key
-//! token with its plan's limit): [`Charge`] and [`BucketKey::family`] leave room for it.
+//! A source key is one kind of key; an API key is the other: an HTTP request on `[http] ports`
+//! that passed its source's limit is charged once more, to the bucket of its token's keyed hash,
+//! under its registered plan's limit or `[http]`'s ([`api_key_charge`]).
 
 use crate::bucket::Limit;
 use crate::maps::{
-    BucketKey, DatapathConfig, RuleEntry, ACTION_ALLOW, ACTION_DENY, CONFIG_HAS_OVERRIDES_V4,
-    CONFIG_HAS_OVERRIDES_V6, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, DEFAULT_RULE_ID,
-    FAMILY_IPV4, FAMILY_IPV6, RULE_SHARED,
+    ApiKeyEntry, BucketKey, DatapathConfig, RuleEntry, ACTION_ALLOW, ACTION_DENY,
+    CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6,
+    DEFAULT_RULE_ID, FAMILY_API_KEY, FAMILY_IPV4, FAMILY_IPV6, RULE_SHARED,
 };
 
 /// A packet's source address, as 32-bit words in network byte order (each word holds the
@@ -151,6 +152,47 @@ pub fn bucket_key(source: &Source, prefix: u32, rule_id: u32) -> BucketKey {
     }
 }
 
+/// The bucket key of the API key whose token hashes to `hash`.
+#[inline(always)]
+pub fn api_key(hash: u64) -> BucketKey {
+    let mut addr = [0u8; 16];
+    let bytes = hash.to_le_bytes();
+    let mut i = 0;
+    while i < 8 {
+        addr[i] = bytes[i];
+        i += 1;
+    }
+    BucketKey {
+        family: FAMILY_API_KEY,
+        prefix_len: 0,
+        _pad: 0,
+        rule_id: 0,
+        addr,
+    }
+}
+
+/// The token hash of an API key's bucket key (`None` for a source key).
+pub fn api_key_hash(key: &BucketKey) -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&key.addr[..8]);
+    (key.family == FAMILY_API_KEY).then_some(u64::from_le_bytes(bytes))
+}
+
+/// What a request with the API key whose token hashes to `hash` is charged to: the key's
+/// bucket, under its registered plan's limit (`registered`, looked up by the hash) or else
+/// `[http]`'s; and the slot of the plan whose 429 answers it (0: `[http]`'s).
+#[inline(always)]
+pub fn api_key_charge(
+    hash: u64,
+    config: &DatapathConfig,
+    registered: Option<&ApiKeyEntry>,
+) -> (BucketKey, Limit, u32) {
+    match registered {
+        Some(entry) => (api_key(hash), entry.limit, entry.plan),
+        None => (api_key(hash), config.http.default_limit, 0),
+    }
+}
+
 /// The mask, in network byte order, of the bits of `prefix` that fall in the 32-bit word starting
 /// at bit `start` of an address.
 #[inline(always)]
@@ -199,8 +241,29 @@ mod tests {
             ipv4_prefix,
             ipv6_prefix,
             flags,
+            http: crate::maps::HttpConfig::OFF,
             valid: 1,
         }
+    }
+
+    #[test]
+    fn an_api_key_is_its_own_kind_of_key() {
+        let config = config(32, 64, 0);
+        let (key, limit, plan) = api_key_charge(0x0102_0304_0506_0708, &config, None);
+        assert_eq!(key.family, FAMILY_API_KEY);
+        assert_eq!(api_key_hash(&key), Some(0x0102_0304_0506_0708));
+        assert_eq!((limit, plan), (config.http.default_limit, 0));
+        let entry = ApiKeyEntry {
+            limit: Limit::new(100, 200),
+            plan: 3,
+            _pad: 0,
+        };
+        assert_eq!(
+            api_key_charge(7, &config, Some(&entry)),
+            (api_key(7), entry.limit, 3)
+        );
+        let source = source_key(&v4([198, 18, 0, 1]), &config, 0, None);
+        assert_eq!(api_key_hash(&source), None);
     }
 
     /// The model: the address as a 128-bit number, its first `len` bits kept.

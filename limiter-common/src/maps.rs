@@ -4,6 +4,7 @@
 //! (the kernel hashes keys byte by byte) and both sides agree on the layout.
 
 use crate::bucket::Limit;
+use crate::http::KeyHeaders;
 
 /// LRU hash: [`BucketKey`] → [`BucketState`], one per tracked key. Sized by `[agent] max_keys`.
 pub const BUCKETS_MAP: &str = "BUCKETS";
@@ -57,6 +58,115 @@ pub const RESET_PROG: &str = "limiter_reset";
 pub const FAMILY_IPV4: u8 = 4;
 /// Address family of a key: IPv6.
 pub const FAMILY_IPV6: u8 = 6;
+
+/// Kind of a key: an API key (its token's keyed hash in the first 8 bytes of `addr`,
+/// little-endian; prefix length and rule id 0).
+pub const FAMILY_API_KEY: u8 = b'K';
+
+/// Hash map of registered API keys: token hash (`u64`) → [`ApiKeyEntry`], written by the agent
+/// (`limiter keys add`). A key not in it is limited by `[http]`'s default.
+pub const API_KEYS_MAP: &str = "API_KEYS";
+/// Registered API keys at most.
+pub const MAX_API_KEYS: u32 = 65_536;
+/// Array of rendered 429s ([`crate::http::Answer`]) by plan slot: 0 for `[http]`'s default,
+/// then one per `[[plans]]` entry.
+pub const ANSWERS_MAP: &str = "ANSWERS";
+/// Plans at most (plan slots 1 ..= MAX_PLANS).
+pub const MAX_PLANS: u32 = 63;
+/// LRU hash of the connections whose last request the program decided: [`FlowKey`] →
+/// [`FlowState`]. A retransmitted request gets the same verdict without being charged again,
+/// and the client's next segment after a 429 becomes the reset that frees the gateway's socket.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Connections remembered at most.
+pub const MAX_FLOWS: u32 = 65_536;
+
+/// A registered API key: its plan's limit, and the plan's slot (its 429 in [`ANSWERS_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiKeyEntry {
+    pub limit: Limit,
+    pub plan: u32,
+    pub _pad: u32,
+}
+
+/// A TCP connection to the gateway, as the client's segments carry it. `family` is
+/// [`FAMILY_IPV4`] (addresses in the first four bytes) or [`FAMILY_IPV6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: [u8; 16],
+    pub gateway: [u8; 16],
+    pub client_port: u16,
+    pub gateway_port: u16,
+    pub family: u32,
+}
+
+/// `FlowState::verdict`: the request passed.
+pub const FLOW_PASSED: u32 = 1;
+/// `FlowState::verdict`: the request was answered with a 429; the gateway's socket still waits.
+pub const FLOW_ANSWERED: u32 = 2;
+/// `FlowState::verdict`: answered, and the gateway's socket was reset.
+pub const FLOW_RESET: u32 = 3;
+
+/// What the program decided for a connection's last request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// The request segment's sequence number and payload length.
+    pub seq: u32,
+    pub len: u32,
+    /// `FLOW_*`.
+    pub verdict: u32,
+    /// With `FLOW_ANSWERED`: the answer's plan slot and the seconds it gave.
+    pub plan: u32,
+    pub retry_s: u64,
+}
+
+/// `[http]` as the datapath applies it (part of [`DatapathConfig`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// The headers that carry the key; `count() == 0`: API keys are off.
+    pub key_headers: KeyHeaders,
+    /// The limit of a key that is not registered.
+    pub default_limit: Limit,
+    /// The secret of the token hash (SipHash-1-3 key).
+    pub secret: [u64; 2],
+    /// The TCP ports where requests reach the gateway; `port_count` of them.
+    pub ports: [u16; MAX_HTTP_PORTS],
+    pub port_count: u32,
+    pub _pad: u32,
+}
+
+/// `[http] ports` at most.
+pub const MAX_HTTP_PORTS: usize = 8;
+
+impl HttpConfig {
+    pub const OFF: HttpConfig = HttpConfig {
+        key_headers: KeyHeaders::NONE,
+        default_limit: Limit {
+            interval_ns: 1,
+            tolerance_ns: 0,
+        },
+        secret: [0; 2],
+        ports: [0; MAX_HTTP_PORTS],
+        port_count: 0,
+        _pad: 0,
+    };
+
+    /// Whether requests to `port` are scanned for keys.
+    #[inline(always)]
+    pub fn is_http_port(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_HTTP_PORTS {
+            if (i as u32) < self.port_count && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 /// The rule id of `[limits]`, for sources no rule matches.
 pub const DEFAULT_RULE_ID: u32 = 0;
@@ -175,6 +285,8 @@ pub const CONFIG_HAS_OVERRIDES_V6: u32 = 16;
 /// `DatapathConfig::flags`: keys are created at most at `new_key_limit`; the first packet of a
 /// key beyond it is refused ([`Counter::NewKeysRefused`]) and no key is created for it.
 pub const CONFIG_LIMIT_NEW_KEYS: u32 = 32;
+/// `DatapathConfig::flags`: `[http]` is set: requests on its ports are charged to their API key.
+pub const CONFIG_HTTP: u32 = 64;
 
 /// What the agent tells the datapath; index 0 of [`CONFIG_MAP`].
 #[repr(C)]
@@ -193,12 +305,14 @@ pub struct DatapathConfig {
     /// before); then [`LAYOUT_VERSION`], so that pins left by a build with other map layouts
     /// are recognised as such.
     pub valid: u32,
+    /// With `CONFIG_HTTP`.
+    pub http: HttpConfig,
 }
 
 /// The layout of the pinned maps, written into `DatapathConfig::valid`: a build whose maps'
 /// keys, values or meaning differ from this one's bumps it, and an agent refuses to adopt pins
 /// of another layout, naming it.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Declares [`Counter`] from one table: each counter's slot, its name (a field of `status --json`,
 /// and of the metrics where it is exported), a label and a note for a person (`limiter status`).
@@ -265,6 +379,22 @@ counters! {
     /// First packets of new keys refused, over `[agent] new_keys_per_sec`: dropped (or passed in
     /// dry run, and counted as would-drop), and no key created for them.
     NewKeysRefused = 13, "new_keys_refused", "new keys refused", "first packets over new_keys_per_sec; no key created";
+    /// HTTP requests on `[http] ports` charged to their API key.
+    KeyedRequests = 14, "keyed_requests", "API-key requests", "requests charged to their API key";
+    /// HTTP requests on `[http] ports` without a key header (limited by their source only).
+    KeylessRequests = 15, "keyless_requests", "keyless requests", "requests without a key header; source limits only";
+    /// Requests answered with a 429 by the kernel (their key over its limit).
+    Rejected = 16, "rejected", "rejected (429)", "requests answered with 429 Too Many Requests";
+    /// Segments on `[http] ports` that start no HTTP/1.x request: bodies, h2c, binary data.
+    NotHttp = 17, "not_http", "not HTTP/1.x", "segments on HTTP ports starting no request; passed";
+    /// TLS handshakes on `[http] ports` (configured for cleartext): passed untouched.
+    TlsHandshakes = 18, "tls_handshakes", "TLS on HTTP ports", "TLS handshakes on ports configured for cleartext; passed";
+    /// A 429 could not be built in the request's frame: the request was dropped instead.
+    AnswersFailed = 19, "answers_failed", "429s not built", "requests over the limit dropped without an answer";
+    /// Gateway sockets of answered requests released by a reset.
+    GatewayResets = 20, "gateway_resets", "gateway resets", "gateway sockets of 429-answered connections released";
+    /// Retransmitted requests: given the verdict the first copy got, not charged again.
+    Retransmits = 21, "retransmits", "retransmitted requests", "given the first copy's verdict, not charged again";
 }
 
 /// Counters per interface.
@@ -333,6 +463,14 @@ mod pod {
     unsafe impl aya::Pod for super::ExhaustionEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EventBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ApiKeyEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::http::Answer {}
 }
 
 #[cfg(test)]
@@ -346,7 +484,22 @@ mod tests {
         assert_eq!(size_of::<BucketState>(), 8 * 5);
         assert_eq!(size_of::<ResetRequest>(), size_of::<BucketKey>() + 8);
         assert_eq!(size_of::<RuleEntry>(), 4 * 4 + 16);
-        assert_eq!(size_of::<DatapathConfig>(), 16 + 16 + 4 * 4);
+        assert_eq!(
+            size_of::<DatapathConfig>(),
+            16 + 16 + 4 * 4 + size_of::<HttpConfig>()
+        );
+        assert_eq!(
+            size_of::<HttpConfig>(),
+            size_of::<KeyHeaders>() + 16 + 16 + 2 * MAX_HTTP_PORTS + 8
+        );
+        assert_eq!(size_of::<KeyHeaders>(), 3 * 8 * 5 * 2 + 4 * 4);
+        assert_eq!(size_of::<ApiKeyEntry>(), 16 + 8);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 4 + 4);
+        assert_eq!(size_of::<FlowState>(), 4 * 4 + 8);
+        assert_eq!(
+            size_of::<crate::http::Answer>(),
+            8 + 8 + 8 + crate::http::ANSWER_BYTES
+        );
         assert_eq!(
             size_of::<ExhaustionEvent>(),
             size_of::<BucketKey>() + 8 + 4 + 4

@@ -12,6 +12,7 @@
 // One unaligned 32-bit packet load in BPF assembly (see `parse::packet_word`).
 #![feature(asm_experimental_arch)]
 
+mod http;
 mod maps;
 mod parse;
 mod runtime;
@@ -31,8 +32,8 @@ use limiter_common::{
     charge::{self, words_to_bytes, Charge},
     maps::{
         counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent,
-        ResetRequest, RuleEntry, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_LIMIT_NEW_KEYS,
-        EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
+        ResetRequest, RuleEntry, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_HTTP,
+        CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
     },
 };
 use maps::{
@@ -71,8 +72,8 @@ pub fn limiter(ctx: XdpContext) -> u32 {
         count(Counter::Unconfigured);
         return xdp_action::XDP_PASS;
     }
-    let source = match parse::classify(&ctx) {
-        Parsed::Source(source) => source,
+    let (source, l3) = match parse::classify(&ctx) {
+        Parsed::Source(source, l3) => (source, l3),
         Parsed::NotLimited => {
             count(Counter::NotLimited);
             return xdp_action::XDP_PASS;
@@ -99,7 +100,34 @@ pub fn limiter(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
     };
-    charge_key(&ctx, config, &key, &limit, dry_run)
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match charge_key(&ctx, config, &key, &limit, now, dry_run) {
+        Decision::Pass => {}
+        // Counted as an insert failure: a key that cannot be tracked is not limited.
+        Decision::Untracked => return xdp_action::XDP_PASS,
+        Decision::Over(_) | Decision::Refused => return over_limit(dry_run),
+    }
+    // Within its source's limit: an HTTP request is charged to its API key too.
+    if config.flags & CONFIG_HTTP != 0 {
+        if let Some(action) = http::on_passed(&ctx, config, l3, !source.is_ipv4(), now, dry_run) {
+            return action;
+        }
+    }
+    count(Counter::Passed);
+    xdp_action::XDP_PASS
+}
+
+/// A packet over its source's limit: dropped, or counted and passed in dry run.
+#[inline(always)]
+fn over_limit(dry_run: bool) -> u32 {
+    if dry_run {
+        count(Counter::WouldDrop);
+        xdp_action::XDP_PASS
+    } else {
+        count(Counter::Dropped);
+        xdp_action::XDP_DROP
+    }
 }
 
 /// Gives one tracked key a full bucket, or brings its TAT down to a bound. Run by the agent
@@ -167,17 +195,29 @@ fn find_rule(source: &Source, config: &DatapathConfig) -> Option<RuleEntry> {
     }
 }
 
-/// Charges one packet to `key`'s bucket, creating the bucket on the key's first packet.
+/// What charging a key decided (the key's own counters are kept; the caller counts the
+/// packet's verdict).
+enum Decision {
+    /// Within the limit.
+    Pass,
+    /// Over the limit; the key's TAT.
+    Over(u64),
+    /// A new key refused by `[agent] new_keys_per_sec` (counted).
+    Refused,
+    /// A new key the map could not take: not tracked, not limited (counted).
+    Untracked,
+}
+
+/// Charges one packet (or request) to `key`'s bucket, creating the bucket on the key's first.
 #[inline(always)]
 fn charge_key(
     ctx: &XdpContext,
     config: &DatapathConfig,
     key: &BucketKey,
     limit: &Limit,
+    now: u64,
     dry_run: bool,
-) -> u32 {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+) -> Decision {
     if let Some(state) = BUCKETS.get_ptr_mut(key) {
         // SAFETY: a lookup in BUCKETS of this run.
         return charge(ctx, key, unsafe { Bucket::new(state) }, now, limit, dry_run);
@@ -187,7 +227,7 @@ fn charge_key(
     // evicts the tracked keys of the clients already there.
     if config.flags & CONFIG_LIMIT_NEW_KEYS != 0 && !new_key_allowed(now, &config.new_key_limit) {
         count(Counter::NewKeysRefused);
-        return verdict(false, dry_run);
+        return Decision::Refused;
     }
     // A full bucket, less this packet.
     let first = admit(FULL_BUCKET_TAT, now, limit);
@@ -204,8 +244,10 @@ fn charge_key(
             count(Counter::KeysCreated);
             if over {
                 exhausted(ctx, key, now, dry_run);
+                Decision::Over(fresh.tat_ns)
+            } else {
+                Decision::Pass
             }
-            verdict(!over, dry_run)
         }
         // Another CPU created the bucket between our lookup and insert: charge that one.
         Err(err) if err == -EEXIST => match BUCKETS.get_ptr_mut(key) {
@@ -232,9 +274,9 @@ fn new_key_allowed(now: u64, limit: &Limit) -> bool {
 /// The bucket could not be created (the LRU map could not free an entry). The packet passes:
 /// a limiter that cannot track a key must not black-hole it. Counted, so it shows in metrics.
 #[inline(always)]
-fn insert_failed() -> u32 {
+fn insert_failed() -> Decision {
     count(Counter::InsertFailed);
-    xdp_action::XDP_PASS
+    Decision::Untracked
 }
 
 /// Charges one packet to an existing bucket.
@@ -246,7 +288,7 @@ fn charge(
     now: u64,
     limit: &Limit,
     dry_run: bool,
-) -> u32 {
+) -> Decision {
     let taken = take(bucket.tat(), now, limit);
     let passed = matches!(taken, Taken::Passed(_));
     // The exhaustion flag: one load of the value already at hand on the common paths (a pass,
@@ -260,7 +302,7 @@ fn charge(
                 bucket.flags().clear(BUCKET_EXHAUSTED_NOTIFIED);
             }
         }
-        Taken::OverLimit => {
+        Taken::OverLimit(_) => {
             if !notified {
                 let before = bucket.flags().fetch_or(BUCKET_EXHAUSTED_NOTIFIED);
                 // Of the CPUs that found it clear at once, only the one that set it reports.
@@ -269,7 +311,7 @@ fn charge(
                 }
             }
         }
-        Taken::Contended => count(Counter::ContentionDrops),
+        Taken::Contended(_) => count(Counter::ContentionDrops),
     }
     let counter = if passed {
         bucket.passed()
@@ -279,17 +321,20 @@ fn charge(
         bucket.dropped()
     };
     counter.increment();
-    verdict(passed, dry_run)
+    match taken {
+        Taken::Passed(_) => Decision::Pass,
+        Taken::OverLimit(tat) | Taken::Contended(tat) => Decision::Over(tat),
+    }
 }
 
 /// What [`take`] did with one packet.
 enum Taken {
     /// Admitted: the GCRA TAT is now this.
     Passed(u64),
-    /// Over the limit: nothing written.
-    OverLimit,
-    /// Every compare-and-swap lost to another CPU.
-    Contended,
+    /// Over the limit: nothing written; the TAT found.
+    OverLimit(u64),
+    /// Every compare-and-swap lost to another CPU; the TAT last found.
+    Contended(u64),
 }
 
 /// Takes one packet from the GCRA at `tat`: a compare-and-swap of the TAT, retried a bounded
@@ -299,7 +344,7 @@ fn take(tat: Word, now: u64, limit: &Limit) -> Taken {
     let mut current = tat.load();
     for _ in 0..CAS_ATTEMPTS {
         let Some(next) = admit(current, now, limit) else {
-            return Taken::OverLimit;
+            return Taken::OverLimit(current);
         };
         let (seen, swapped) = tat.compare_exchange(current, next);
         if swapped {
@@ -307,7 +352,7 @@ fn take(tat: Word, now: u64, limit: &Limit) -> Taken {
         }
         current = seen;
     }
-    Taken::Contended
+    Taken::Contended(current)
 }
 
 /// `key` has just become exhausted: tells the agent through the ring buffer, within this CPU's
@@ -353,20 +398,6 @@ fn exhausted(ctx: &XdpContext, key: &BucketKey, now: u64, dry_run: bool) {
             budget.lost
         );
         budget.lost = 0;
-    }
-}
-
-#[inline(always)]
-fn verdict(passed: bool, dry_run: bool) -> u32 {
-    if passed {
-        count(Counter::Passed);
-        xdp_action::XDP_PASS
-    } else if dry_run {
-        count(Counter::WouldDrop);
-        xdp_action::XDP_PASS
-    } else {
-        count(Counter::Dropped);
-        xdp_action::XDP_DROP
     }
 }
 

@@ -2,12 +2,17 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use limiter_common::maps::{
-    BucketKey, BucketState, DatapathConfig, EventBudget, RuleEntry, COUNTER_ENTRIES, EVENTS_BYTES,
-    MAX_RULES,
+use limiter_common::{
+    http::Answer,
+    maps::{
+        ApiKeyEntry, BucketKey, BucketState, DatapathConfig, EventBudget, FlowKey, FlowState,
+        RuleEntry, COUNTER_ENTRIES, EVENTS_BYTES, MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_RULES,
+    },
 };
+
+use crate::http::Scratch;
 
 /// One bucket per tracked key. `max_entries` is set by the agent from `[agent] max_keys`.
 #[map]
@@ -47,3 +52,19 @@ pub static NEW_KEYS: Array<u64> = Array::pinned(1, 0);
 /// the number of interfaces.
 #[map]
 pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
+/// Registered API keys by token hash (`limiter keys add`), written by the agent.
+#[map]
+pub static API_KEYS: HashMap<u64, ApiKeyEntry> = HashMap::pinned(MAX_API_KEYS, 0);
+
+/// Each plan's rendered 429 by plan slot (0: `[http]`'s), written by the agent.
+#[map]
+pub static ANSWERS: Array<Answer> = Array::pinned(MAX_PLANS + 1, 0);
+
+/// The last decided request of each connection (see `http`).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+/// Working memory of the request path, per CPU (not pinned: nothing in it outlives a packet).
+#[map]
+pub static HTTP_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -168,3 +168,40 @@ mod tests {
         assert_eq!(checksum(&frame[IPV4_AT..IPV4_AT + 20]), 0);
     }
 }
+
+pub const IPPROTO_TCP: u8 = 6;
+
+/// A TCP segment's header fields (the checksum is left 0: the XDP program never checks it).
+#[derive(Clone, Copy, Debug)]
+pub struct Tcp<'a> {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10.
+    pub flags: u8,
+    /// Options, a multiple of 4 bytes.
+    pub options: &'a [u8],
+}
+
+impl Tcp<'_> {
+    /// The segment: header, options, `payload`.
+    pub fn segment(&self, payload: &[u8]) -> Vec<u8> {
+        assert_eq!(
+            self.options.len() % 4,
+            0,
+            "TCP options come in 4-byte words"
+        );
+        let header_len = 20 + self.options.len();
+        let mut tcp = Vec::with_capacity(header_len + payload.len());
+        tcp.extend_from_slice(&self.src_port.to_be_bytes());
+        tcp.extend_from_slice(&self.dst_port.to_be_bytes());
+        tcp.extend_from_slice(&self.seq.to_be_bytes());
+        tcp.extend_from_slice(&self.ack.to_be_bytes());
+        tcp.extend_from_slice(&[((header_len / 4) as u8) << 4, self.flags]);
+        tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend_from_slice(self.options);
+        tcp.extend_from_slice(payload);
+        tcp
+    }
+}

@@ -4,14 +4,16 @@
 
 use crate::agent::{ensure_bpffs, TEST_BPFFS};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::HashMap;
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use limiter_common::bucket::Limit;
+use limiter_common::http::{Answer, KeyHeaders};
 use limiter_common::maps::{
-    counter_index, Counter, DatapathConfig, RuleEntry, ACTION_DENY, BUCKETS_MAP,
-    CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG, RULES_V4_MAP,
-    RULES_V6_MAP,
+    counter_index, BucketKey, BucketState, Counter, DatapathConfig, HttpConfig, RuleEntry,
+    ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP,
+    CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG, MAX_HTTP_PORTS, RULES_V4_MAP, RULES_V6_MAP,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// XDP verdicts (`enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// Entries of the bucket map in these objects.
 const MAX_KEYS: u32 = 65_536;
@@ -112,6 +115,7 @@ impl XdpObject {
                     ipv6_prefix: 64,
                     flags: 0,
                     valid: 1,
+                    http: limiter_common::maps::HttpConfig::OFF,
                 },
                 0,
             )
@@ -148,6 +152,60 @@ impl XdpObject {
         let mut value = config.get(&0, 0).expect("reading CONFIG");
         value.flags |= flag;
         config.set(0, value, 0).expect("writing CONFIG");
+    }
+
+    /// Sets `[http]`: requests to `ports` carry their key in `headers`; keys are limited to
+    /// `rate`/`burst` and hashed with `secret`; the 429 is the `default` policy's.
+    pub fn enable_http(
+        &mut self,
+        ports: &[u16],
+        headers: &[&[u8]],
+        rate: u64,
+        burst: u64,
+        secret: [u64; 2],
+    ) {
+        let mut http = HttpConfig::OFF;
+        http.key_headers = KeyHeaders::new(headers).expect("valid key headers");
+        http.default_limit = Limit::new(rate, burst);
+        http.secret = secret;
+        assert!(ports.len() <= MAX_HTTP_PORTS);
+        http.ports[..ports.len()].copy_from_slice(ports);
+        http.port_count = ports.len() as u32;
+        let mut answers: Array<_, Answer> =
+            Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).expect("ANSWERS")).unwrap();
+        answers
+            .set(0, Answer::render("default", rate, burst), 0)
+            .expect("writing ANSWERS");
+        let mut config: Array<_, DatapathConfig> =
+            Array::try_from(self.ebpf.map_mut(CONFIG_MAP).expect("CONFIG")).unwrap();
+        let mut value = config.get(&0, 0).expect("reading CONFIG");
+        value.flags |= CONFIG_HTTP;
+        value.http = http;
+        config.set(0, value, 0).expect("writing CONFIG");
+    }
+
+    /// The bucket of `key`, if the program tracks it.
+    pub fn bucket(&self, key: &BucketKey) -> Option<BucketState> {
+        let buckets: HashMap<_, BucketKey, BucketState> =
+            HashMap::try_from(self.ebpf.map(BUCKETS_MAP).expect("BUCKETS")).unwrap();
+        buckets.get(key, 0).ok()
+    }
+
+    /// Runs the program once on `packet`; its verdict and the frame as the program left it.
+    pub fn run_out(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; 4096];
+        let result = self
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| {
+                panic!("test_run of a {}-byte packet failed: {e:#?}", packet.len())
+            });
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
     }
 
     fn program(&self) -> &Xdp {

@@ -662,6 +662,7 @@ fn cost_config() -> DatapathConfig {
         ipv6_prefix: 128,
         flags: 0,
         valid: 1,
+        http: limiter_common::maps::HttpConfig::OFF,
     }
 }
 

@@ -263,6 +263,7 @@ fn export(counter: Counter) -> Export {
         Counter::DeniedByRule => Verdict("denied"),
         Counter::NotLimited => Verdict("not_limited"),
         Counter::Unparsed => Verdict("unparsed"),
+        Counter::Rejected => Verdict("rejected"),
         Counter::Unconfigured => PerInterface(
             "limiter_unconfigured_packets",
             "Packets that arrived before the agent configured the program; passed.",
@@ -292,6 +293,34 @@ fn export(counter: Counter) -> Export {
             "limiter_new_keys_refused",
             "First packets of new keys refused over [agent] new_keys_per_sec: dropped (or passed \
              by dry run, among would_drop) and no key created.",
+        ),
+        Counter::KeyedRequests => PerInterface(
+            "limiter_keyed_requests",
+            "HTTP requests on [http] ports charged to their API key.",
+        ),
+        Counter::KeylessRequests => PerInterface(
+            "limiter_keyless_requests",
+            "HTTP requests on [http] ports without a key header (source limits only).",
+        ),
+        Counter::NotHttp => PerInterface(
+            "limiter_not_http_segments",
+            "Segments on [http] ports that start no HTTP/1.x request (bodies, h2c, binary); passed.",
+        ),
+        Counter::TlsHandshakes => PerInterface(
+            "limiter_tls_handshakes",
+            "TLS handshakes on [http] ports, which are configured for cleartext; passed untouched.",
+        ),
+        Counter::AnswersFailed => PerInterface(
+            "limiter_answers_failed",
+            "Requests over their key's limit whose 429 could not be built in their frame; dropped.",
+        ),
+        Counter::GatewayResets => PerInterface(
+            "limiter_gateway_resets",
+            "Gateway sockets of connections answered with a 429, released by a reset.",
+        ),
+        Counter::Retransmits => PerInterface(
+            "limiter_retransmitted_requests",
+            "Retransmitted requests: given the verdict of their first copy, not charged again.",
         ),
     }
 }

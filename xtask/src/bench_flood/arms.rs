@@ -190,6 +190,7 @@ impl FloodLimiter {
             ipv6_prefix: 64,
             flags,
             valid: 1,
+            http: limiter_common::maps::HttpConfig::OFF,
         };
         let name = format!("flood{serial}");
         let limiter = bench::Limiter::load(path, bpffs, &name, scenario.capacity, config)?;

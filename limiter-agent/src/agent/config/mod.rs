@@ -470,6 +470,7 @@ impl Config {
             ipv6_prefix: self.limits.ipv6_prefix as u32,
             flags,
             valid: LAYOUT_VERSION,
+            http: limiter_common::maps::HttpConfig::OFF,
         }
     }
 }

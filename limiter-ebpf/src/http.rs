@@ -1,0 +1,473 @@
+//! API keys at the NIC: a TCP segment to one of `[http] ports` that passed its source's limit.
+//!
+//! A segment with payload is a request when it starts like one: the scanner
+//! (`limiter_common::http`) finds its key in the first `WINDOW` bytes, copied into per-CPU
+//! scratch and read by a `bpf_loop` callback a few words per round; the token is hashed with
+//! the configured secret the same way, and the request is charged to that hash's bucket. Over
+//! the limit, the segment becomes the answer: a complete `429` with FIN, sent back with
+//! `XDP_TX`. The gateway never sees the request; its socket, still waiting, is released by the
+//! client's next segment on that connection (its ACK of the answer, its FIN, the rest of a
+//! body), which this program turns into a reset at the sequence number the gateway expects.
+//!
+//! `FLOWS` remembers each connection's last decided request: a retransmitted copy of it gets
+//! the same verdict without a second charge, and it tells the reset when to happen.
+//!
+//! Out of reach, by design: IPv6 with extension headers before TCP, IPv4 fragments, TLS (passed
+//! and counted), and a key header that is not in the segment that starts its request.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{
+        bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use core::ffi::c_void;
+use limiter_common::{
+    bucket::{retry_after_ns, Limit, NANOS_PER_SEC},
+    charge,
+    http::{
+        is_tls_handshake, reply_headers, reset_headers, retry_digits, slot_sum, words, KeyHeaders,
+        Scan, Scanner, Segment, Span, ANSWER_BYTES, BUFFER, HEADERS_BYTES, MAX_L2, MAX_SLOTS,
+        RETRY_DIGITS, TCP_RST, TCP_SYN, WINDOW,
+    },
+    keyhash::KeyHasher,
+    maps::{
+        Counter, DatapathConfig, FlowKey, FlowState, FAMILY_IPV4, FAMILY_IPV6, FLOW_ANSWERED,
+        FLOW_PASSED, FLOW_RESET,
+    },
+};
+
+use crate::maps::{ANSWERS, API_KEYS, FLOWS, HTTP_SCRATCH};
+use crate::parse::read;
+use crate::{charge_key, count, Decision};
+
+const IPPROTO_TCP: u8 = 6;
+const TCP_HDR_LEN: usize = 20;
+/// Option bytes where the timestamps option is looked for: two NOPs and its 10 bytes.
+const TS_OPTION_AREA: usize = 12;
+/// How far past the answered request a client's segment may start and still belong to that
+/// request's connection (its ACK and FIN start right after it; the rest of a body further).
+const SAME_CONNECTION: u32 = 1 << 20;
+
+/// Per-CPU working memory of one request: far too big for the stack.
+#[repr(C)]
+pub struct Scratch {
+    bytes: [u8; BUFFER],
+    scanner: Scanner,
+    hasher: KeyHasher,
+    span: Span,
+    segment: Segment,
+    frame: [u8; HEADERS_BYTES],
+}
+
+/// What `bpf_loop` hands its callbacks: it must live on the stack.
+#[repr(C)]
+struct LoopContext {
+    scratch: *mut Scratch,
+    headers: *const KeyHeaders,
+}
+
+/// One round of the scanner: the callback `bpf_loop` runs, verified once.
+#[inline(never)]
+extern "C" fn scan_round(_index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the LoopContext on the caller's stack; its pointers are a per-CPU map
+    // value of this run and the CONFIG map value.
+    let (scratch, headers) = unsafe {
+        let context = &*(ctx as *const LoopContext);
+        (&mut *context.scratch, &*context.headers)
+    };
+    if scratch.scanner.round(headers, &scratch.bytes) {
+        0
+    } else {
+        1
+    }
+}
+
+/// One 8-byte word of the token into the hash.
+#[inline(never)]
+extern "C" fn hash_word(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: as in `scan_round`.
+    let scratch = unsafe { &mut *(*(ctx as *const LoopContext)).scratch };
+    let at = index.wrapping_mul(8);
+    if at >= WINDOW as u32 || at + 8 > scratch.span.len {
+        return 1;
+    }
+    let word = words::load(&scratch.bytes, scratch.span.start + at, 0);
+    scratch.hasher.write_word(word);
+    0
+}
+
+/// A client's TCP segment to the gateway, parsed into scratch: where its payload is.
+struct Tcp {
+    flags: u8,
+    payload: usize,
+    payload_len: u32,
+    flow: FlowKey,
+}
+
+/// Handles a packet that passed its source's limit when `[http]` is set: `None` when it goes
+/// on as any passed packet, else the action (counted here).
+#[inline(always)]
+pub fn on_passed(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    l3: usize,
+    ipv6: bool,
+    now: u64,
+    dry_run: bool,
+) -> Option<u32> {
+    let scratch = HTTP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array value of this run: no other CPU touches it, and nothing else in
+    // this run holds a reference to it.
+    let scratch = unsafe { &mut *scratch };
+    let tcp = parse(ctx, config, l3, ipv6, scratch)?;
+    if tcp.flags & TCP_SYN != 0 {
+        // A new connection on this address and port pair: what was decided for an older one
+        // no longer applies.
+        let _ = FLOWS.remove(&tcp.flow);
+        return None;
+    }
+    if tcp.flags & TCP_RST != 0 {
+        return None;
+    }
+    let seq = scratch.segment.seq;
+    if let Some(state) = FLOWS.get_ptr_mut(&tcp.flow) {
+        // SAFETY: a lookup in FLOWS of this run; only its plain fields are read and written
+        // (two CPUs racing on one connection's segments is a client's own doing).
+        let state = unsafe { &mut *state };
+        if tcp.payload_len > 0 && seq == state.seq {
+            count(Counter::Retransmits);
+            return match state.verdict {
+                FLOW_PASSED => None,
+                _ => Some(answer(ctx, scratch, state.plan, state.retry_s)),
+            };
+        }
+        let after = seq.wrapping_sub(state.seq.wrapping_add(state.len));
+        if after < SAME_CONNECTION {
+            match state.verdict {
+                FLOW_ANSWERED => {
+                    state.verdict = FLOW_RESET;
+                    return Some(reset(ctx, scratch, state.seq));
+                }
+                // The gateway's socket is gone: its stack resets the client; nothing to scan.
+                FLOW_RESET => return None,
+                _ => {}
+            }
+        }
+    }
+    if tcp.payload_len == 0 {
+        return None;
+    }
+    request(ctx, config, &tcp, scratch, now, dry_run)
+}
+
+/// A segment with payload that may start a request: scan, hash, charge, answer.
+#[inline(always)]
+fn request(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    tcp: &Tcp,
+    scratch: &mut Scratch,
+    now: u64,
+    dry_run: bool,
+) -> Option<u32> {
+    // 1 to WINDOW bytes, in a form the verifier sees as such.
+    let len = (((tcp.payload_len as usize).min(WINDOW) - 1) & (WINDOW - 1)) + 1;
+    // SAFETY: a per-CPU map value of BUFFER ≥ WINDOW bytes; `len` is 1 to WINDOW.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            tcp.payload as u32,
+            scratch.bytes.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if loaded != 0 {
+        return None;
+    }
+    if len >= 2 && is_tls_handshake(scratch.bytes[0], scratch.bytes[1]) {
+        count(Counter::TlsHandshakes);
+        return None;
+    }
+    scratch.scanner = Scanner::new(len as u32);
+    let mut context = LoopContext {
+        scratch,
+        headers: &config.http.key_headers,
+    };
+    // SAFETY: the callback and its stack context, as bpf_loop takes them.
+    unsafe {
+        bpf_loop(
+            WINDOW as u32 + 1,
+            scan_round as *mut c_void,
+            (&mut context as *mut LoopContext).cast(),
+            0,
+        )
+    };
+    let span = match scratch.scanner.finish() {
+        Scan::Key(span) => span,
+        Scan::NoKey => {
+            count(Counter::KeylessRequests);
+            return None;
+        }
+        Scan::NotHttp => {
+            count(Counter::NotHttp);
+            return None;
+        }
+    };
+    let [k0, k1] = config.http.secret;
+    scratch.span = span;
+    scratch.hasher = KeyHasher::new(k0, k1);
+    // SAFETY: as above.
+    unsafe {
+        bpf_loop(
+            WINDOW as u32 / 8,
+            hash_word as *mut c_void,
+            (&mut context as *mut LoopContext).cast(),
+            0,
+        )
+    };
+    let full = span.len & !7;
+    let tail = words::load(&scratch.bytes, span.start + full, 0);
+    let hash = scratch.hasher.finish_tail(tail, span.len & 7);
+    count(Counter::KeyedRequests);
+
+    let (key, limit, plan) = charge::api_key_charge(hash, config, API_KEYS.get_ptr(hash).map(|entry| {
+        // SAFETY: a lookup in API_KEYS of this run, copied at once.
+        unsafe { &*entry }
+    }));
+    let seq = scratch.segment.seq;
+    let decided = |verdict: u32, retry_s: u64| FlowState {
+        seq,
+        len: tcp.payload_len,
+        verdict,
+        plan,
+        retry_s,
+    };
+    let retry_s = match charge_key(ctx, config, &key, &limit, now, dry_run) {
+        Decision::Pass | Decision::Untracked => {
+            let _ = FLOWS.insert(&tcp.flow, &decided(FLOW_PASSED, 0), 0);
+            return None;
+        }
+        Decision::Over(tat) => retry_seconds(tat, now, &limit),
+        Decision::Refused => 1,
+    };
+    if dry_run {
+        count(Counter::WouldDrop);
+        return Some(xdp_action::XDP_PASS);
+    }
+    let _ = FLOWS.insert(&tcp.flow, &decided(FLOW_ANSWERED, retry_s), 0);
+    Some(answer(ctx, scratch, plan, retry_s))
+}
+
+/// Whole seconds until the key's next request would pass, at least 1.
+#[inline(always)]
+fn retry_seconds(tat: u64, now: u64, limit: &Limit) -> u64 {
+    let ns = retry_after_ns(tat, now, limit);
+    ns.div_ceil(NANOS_PER_SEC).max(1)
+}
+
+/// Reads the IP and TCP headers of a segment to one of `[http] ports` into `scratch.segment`.
+#[inline(always)]
+fn parse(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    l3: usize,
+    ipv6: bool,
+    scratch: &mut Scratch,
+) -> Option<Tcp> {
+    let l3 = l3.min(MAX_L2);
+    let seg = &mut scratch.segment;
+    let (l4, ip_end) = if ipv6 {
+        let hdr = read::<[u8; 40]>(ctx, l3)?;
+        if hdr[6] != IPPROTO_TCP {
+            return None;
+        }
+        seg.src.copy_from_slice(&hdr[8..24]);
+        seg.dst.copy_from_slice(&hdr[24..40]);
+        let l4 = l3 + 40;
+        (l4, l4 + usize::from(u16::from_be_bytes([hdr[4], hdr[5]])))
+    } else {
+        let hdr = read::<[u8; 20]>(ctx, l3)?;
+        // TCP, and no fragment (DF alone is fine).
+        if hdr[9] != IPPROTO_TCP || u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
+            return None;
+        }
+        seg.src = [0; 16];
+        seg.dst = [0; 16];
+        seg.src[..4].copy_from_slice(&hdr[12..16]);
+        seg.dst[..4].copy_from_slice(&hdr[16..20]);
+        (
+            l3 + usize::from(hdr[0] & 0x0f) * 4,
+            l3 + usize::from(u16::from_be_bytes([hdr[2], hdr[3]])),
+        )
+    };
+    let tcp = read::<[u8; TCP_HDR_LEN]>(ctx, l4)?;
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if !config.http.is_http_port(dport) {
+        return None;
+    }
+    let header_len = usize::from(tcp[12] >> 4) * 4;
+    if header_len < TCP_HDR_LEN {
+        return None;
+    }
+    let payload = l4 + header_len;
+    let frame_len = ctx.data_end() - ctx.data();
+    // The IP length bounds the payload (a short frame has Ethernet padding after it).
+    let end = ip_end.min(frame_len);
+    let payload_len = end.saturating_sub(payload) as u32;
+
+    seg.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    seg.dport = dport;
+    seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    seg.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    seg.payload_len = payload_len;
+    seg.ipv6 = ipv6 as u32;
+    seg.l2_len = l3 as u32;
+    let flags = tcp[13];
+    let flow = FlowKey {
+        client: seg.src,
+        gateway: seg.dst,
+        client_port: seg.sport,
+        gateway_port: dport,
+        family: if ipv6 {
+            u32::from(FAMILY_IPV6)
+        } else {
+            u32::from(FAMILY_IPV4)
+        },
+    };
+    let l2_len = l3.clamp(1, MAX_L2);
+    // SAFETY: the Ethernet header and tags (`l3` bytes, 14 to 22 from the parse), into a
+    // MAX_L2-byte array of this per-CPU value.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, seg.l2.as_mut_ptr().cast(), l2_len as u32) } != 0 {
+        return None;
+    }
+    timestamps(ctx, l4, header_len, scratch);
+    Some(Tcp {
+        flags,
+        payload,
+        payload_len,
+        flow,
+    })
+}
+
+/// The TCP timestamps option of the segment, if it has one (the answer echoes it: a stack
+/// that negotiated timestamps drops segments without them). It is looked for where stacks put
+/// it — first, after up to two NOPs (Linux, BSDs and Windows send `NOP NOP TS` on data
+/// segments, SACK blocks after it); elsewhere it is not found, and the answer goes without.
+#[inline(always)]
+fn timestamps(ctx: &XdpContext, l4: usize, header_len: usize, scratch: &mut Scratch) {
+    let seg = &mut scratch.segment;
+    seg.has_ts = 0;
+    if header_len < TCP_HDR_LEN + TS_OPTION_AREA {
+        return;
+    }
+    let Some(options) = read::<[u8; TS_OPTION_AREA]>(ctx, l4 + TCP_HDR_LEN) else {
+        return;
+    };
+    let at = match options {
+        [8, 10, ..] => 0,
+        [1, 8, 10, ..] => 1,
+        [1, 1, 8, 10, ..] => 2,
+        _ => return,
+    };
+    let word = |k: usize| {
+        let b = |i: usize| options[(at + k + i).min(TS_OPTION_AREA - 1)];
+        u32::from_be_bytes([b(0), b(1), b(2), b(3)])
+    };
+    seg.ts_val = word(2);
+    seg.ts_ecr = word(6);
+    seg.has_ts = 1;
+}
+
+/// Turns the request's frame into the 429 of plan slot `plan` with `retry_s` seconds, back to
+/// the client. Counted: a 429 sent, or an answer that could not be built (then dropped).
+#[inline(always)]
+fn answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64) -> u32 {
+    match build_answer(ctx, scratch, plan, retry_s) {
+        Some(()) => {
+            count(Counter::Rejected);
+            xdp_action::XDP_TX
+        }
+        None => {
+            count(Counter::AnswersFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn build_answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64) -> Option<()> {
+    let answer = ANSWERS.get(plan).or_else(|| ANSWERS.get(0))?;
+    let len = answer.len as usize;
+    if len == 0 || len > ANSWER_BYTES {
+        return None;
+    }
+    let digits = retry_digits(retry_s);
+    let mut sum = u64::from(answer.sum);
+    for (i, slot) in answer.slots.iter().enumerate() {
+        if (i as u32) < answer.slot_count {
+            sum += u64::from(slot_sum(u32::from(*slot), &digits));
+        }
+    }
+    let headers = reply_headers(&scratch.segment, len as u32, sum, &mut scratch.frame) as usize;
+    let headers = headers.clamp(1, HEADERS_BYTES);
+    let len = len.clamp(1, ANSWER_BYTES);
+    resize(ctx, headers + len)?;
+    store(ctx, 0, scratch.frame.as_ptr(), headers)?;
+    store(ctx, headers, answer.bytes.as_ptr(), len)?;
+    let mut digits = digits;
+    for i in 0..MAX_SLOTS {
+        if (i as u32) < answer.slot_count {
+            let at = headers + usize::from(answer.slots[i]);
+            store(ctx, at, digits.as_mut_ptr(), RETRY_DIGITS)?;
+        }
+    }
+    Some(())
+}
+
+/// Turns the client's segment into a reset to the gateway at `seq` (the answered request's
+/// first byte: where the gateway's socket waits). Counted.
+#[inline(always)]
+fn reset(ctx: &XdpContext, scratch: &mut Scratch, seq: u32) -> u32 {
+    let headers = reset_headers(&scratch.segment, seq, &mut scratch.frame) as usize;
+    let headers = headers.clamp(1, HEADERS_BYTES);
+    if resize(ctx, headers).is_none() || store(ctx, 0, scratch.frame.as_ptr(), headers).is_none()
+    {
+        // Left as it was: the gateway's stack answers it, and its socket times out in the end.
+        return xdp_action::XDP_PASS;
+    }
+    count(Counter::GatewayResets);
+    xdp_action::XDP_PASS
+}
+
+/// Makes the frame `len` bytes long: grown at the front (the headroom every XDP frame has),
+/// else at the back, or cut at the back.
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> Option<()> {
+    let current = ctx.data_end() - ctx.data();
+    if len > current {
+        let grow = (len - current) as i32;
+        // SAFETY: the helpers check the frame's bounds themselves.
+        let grown = unsafe {
+            bpf_xdp_adjust_head(ctx.ctx, -grow) == 0 || bpf_xdp_adjust_tail(ctx.ctx, grow) == 0
+        };
+        grown.then_some(())
+    } else if len < current {
+        // SAFETY: as above.
+        (unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current as i32) } == 0).then_some(())
+    } else {
+        Some(())
+    }
+}
+
+/// Writes `len` bytes from `from` at `offset` of the frame.
+#[inline(always)]
+fn store(ctx: &XdpContext, offset: usize, from: *const u8, len: usize) -> Option<()> {
+    // SAFETY: `from` holds at least `len` bytes (the callers' arrays); the helper checks the
+    // frame's bounds.
+    let stored =
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, offset as u32, from as *mut c_void, len as u32) };
+    (stored == 0).then_some(())
+}

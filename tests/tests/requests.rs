@@ -1,0 +1,457 @@
+//! API keys in the kernel: the `limiter` program's request path on crafted TCP segments through
+//! `BPF_PROG_TEST_RUN` — which key a request is charged to (against the userspace scanner, on a
+//! table of shapes and on generated and mangled requests), the 429 it answers with (parsed as
+//! HTTP, checksums verified), retransmissions, and the reset that frees the gateway's socket.
+
+use limiter_common::charge::api_key;
+use limiter_common::http::{scan, KeyHeaders, Scan, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST};
+use limiter_common::keyhash::KeyHasher;
+use limiter_common::maps::Counter;
+use limiter_tests::frame::{
+    checksum, ethernet, ipv6, ones_sum, Ipv4, Tcp, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP,
+};
+use limiter_tests::object::{XdpObject, XDP_DROP, XDP_PASS, XDP_TX};
+use limiter_tests::require_root;
+
+const PORT: u16 = 8080;
+const SECRET: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+const CLIENT: [u8; 4] = [198, 18, 0, 10];
+const GATEWAY: [u8; 4] = [198, 18, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 10];
+const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// NOP, NOP, timestamps: TSval 1000, TSecr 2000.
+const TIMESTAMPS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0x03, 0xe8, 0, 0, 0x07, 0xd0];
+
+fn headers() -> KeyHeaders {
+    KeyHeaders::new(&[b"x-api-key", b"authorization"]).unwrap()
+}
+
+fn hash(token: &[u8]) -> u64 {
+    let mut hasher = KeyHasher::new(SECRET[0], SECRET[1]);
+    hasher.write(token);
+    hasher.finish()
+}
+
+/// A program with generous source limits (they never interfere here) and keys at 1/s, burst
+/// `burst`.
+fn object(burst: u64) -> XdpObject {
+    let mut object = XdpObject::load(1_000_000, 1_000_000);
+    object.enable_http(
+        &[80, PORT],
+        &[b"x-api-key", b"authorization"],
+        1,
+        burst,
+        SECRET,
+    );
+    object
+}
+
+/// A client's segment to the gateway's PORT over IPv4, with timestamps.
+fn segment(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let tcp = Tcp {
+        src_port: sport,
+        dst_port: PORT,
+        seq,
+        ack: 5000,
+        flags,
+        options: &TIMESTAMPS,
+    }
+    .segment(payload);
+    let mut ip = Ipv4::udp(CLIENT, GATEWAY);
+    ip.proto = IPPROTO_TCP;
+    ethernet(GATEWAY_MAC, CLIENT_MAC, ETH_P_IPV4, &ip.packet(&tcp))
+}
+
+fn request(token: &str) -> Vec<u8> {
+    format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {token}\r\nAccept: */*\r\n\r\n")
+        .into_bytes()
+}
+
+/// Checks an IPv4 frame's IP and TCP checksums; returns (TCP header, payload).
+fn tcp_of(frame: &[u8]) -> (&[u8], &[u8]) {
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    assert_eq!(total, ip.len(), "IP length");
+    assert_eq!(checksum(&ip[..ihl]), 0, "IPv4 header checksum");
+    let tcp = &ip[ihl..total];
+    let mut pseudo = ip[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
+    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    let sum = ones_sum(&pseudo) + ones_sum(tcp);
+    assert_eq!(fold(sum), 0xffff, "TCP checksum");
+    let header = usize::from(tcp[12] >> 4) * 4;
+    (&tcp[..header], &tcp[header..])
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn be32(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes(bytes[..4].try_into().unwrap())
+}
+
+#[test]
+fn over_its_limit_a_key_gets_a_429_from_the_kernel() {
+    require_root();
+    let object = object(3);
+    let body = request("tok-A");
+    let key = api_key(hash(b"tok-A"));
+    for i in 0..3u32 {
+        let frame = segment(40000 + i as u16, 100, TCP_PSH | TCP_ACK, &body);
+        assert_eq!(object.run(&frame), XDP_PASS, "request {i} within the burst");
+    }
+    let frame = segment(41000, 7000, TCP_PSH | TCP_ACK, &body);
+    let (verdict, out) = object.run_out(&frame);
+    assert_eq!(verdict, XDP_TX, "the fourth request is answered");
+    let state = object.bucket(&key).expect("the key is tracked");
+    assert_eq!((state.passed, state.dropped), (3, 1));
+    assert_eq!(object.counter(Counter::Rejected), 1);
+    assert_eq!(object.counter(Counter::KeyedRequests), 4);
+
+    // Back to the client: addresses and ports swapped, the request acknowledged, FIN.
+    assert_eq!(&out[0..6], &CLIENT_MAC);
+    assert_eq!(&out[6..12], &GATEWAY_MAC);
+    assert_eq!(&out[26..30], &GATEWAY);
+    assert_eq!(&out[30..34], &CLIENT);
+    let (tcp, payload) = tcp_of(&out);
+    assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), PORT);
+    assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 41000);
+    assert_eq!(be32(&tcp[4..]), 5000, "seq: what the client acknowledged");
+    assert_eq!(
+        be32(&tcp[8..]),
+        7000 + body.len() as u32,
+        "ack: the whole request"
+    );
+    assert_eq!(tcp[13], TCP_FIN | TCP_PSH | TCP_ACK);
+    // Timestamps echoed: TSval = the request's TSecr + 1, TSecr = its TSval.
+    assert_eq!(&tcp[20..24], &[1, 1, 8, 10]);
+    assert_eq!((be32(&tcp[24..]), be32(&tcp[28..])), (2001, 1000));
+
+    let mut fields = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut fields);
+    let httparse::Status::Complete(head) = response.parse(payload).expect("an HTTP response")
+    else {
+        panic!("incomplete response: {}", String::from_utf8_lossy(payload));
+    };
+    assert_eq!(response.code, Some(429));
+    let field = |name: &str| {
+        let value = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .value;
+        String::from_utf8_lossy(value).trim().to_string()
+    };
+    // At 1/s, the key's next request passes within a second.
+    assert_eq!(field("retry-after"), "1");
+    assert_eq!(field("content-type"), "application/json");
+    assert_eq!(field("connection"), "close");
+    assert_eq!(field("ratelimit"), "\"default\";r=0;t=1");
+    let json: serde_json::Value = serde_json::from_slice(&payload[head..]).expect("a JSON body");
+    assert_eq!(json["retry_after_s"], 1);
+    assert!(json["error"].is_string());
+    assert_eq!(field("content-length"), (payload.len() - head).to_string());
+
+    // The same segment again (a retransmission: the answer was lost): answered again, not
+    // charged again.
+    let (verdict, again) = object.run_out(&frame);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(again, out);
+    assert_eq!(object.bucket(&key).unwrap().dropped, 1);
+    assert_eq!(object.counter(Counter::Retransmits), 1);
+
+    // The client's next segment (its ACK of the answer) becomes a reset at the request's first
+    // byte, where the gateway's socket waits.
+    let ack = segment(41000, 7000 + body.len() as u32, TCP_ACK, b"");
+    let (verdict, reset) = object.run_out(&ack);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(&reset[26..30], &CLIENT, "still from the client");
+    let (tcp, payload) = tcp_of(&reset);
+    assert_eq!(tcp[13], TCP_RST);
+    assert_eq!(be32(&tcp[4..]), 7000);
+    assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), PORT);
+    assert!(payload.is_empty());
+    assert_eq!(object.counter(Counter::GatewayResets), 1);
+    // The FIN after it is left to the gateway's stack.
+    let fin = segment(41000, 7000 + body.len() as u32, TCP_FIN | TCP_ACK, b"");
+    let (verdict, untouched) = object.run_out(&fin);
+    assert_eq!((verdict, untouched), (XDP_PASS, fin));
+    assert_eq!(object.counter(Counter::GatewayResets), 1);
+
+    // A retransmitted request that had passed passes again, uncharged.
+    let first = segment(40000, 100, TCP_PSH | TCP_ACK, &body);
+    assert_eq!(object.run(&first), XDP_PASS);
+    assert_eq!(object.bucket(&key).unwrap().passed, 3);
+
+    // Another key is untouched.
+    let other = segment(42000, 1, TCP_PSH | TCP_ACK, &request("tok-B"));
+    assert_eq!(object.run(&other), XDP_PASS);
+}
+
+/// What the program did with one request: which counter moved, and which key was charged.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Key(Vec<u8>),
+    NoKey,
+    NotHttp,
+}
+
+/// Runs `frame` and tells what it was taken for; `token` is the key userspace expects (to find
+/// its bucket).
+fn seen(object: &XdpObject, frame: &[u8], token: Option<&[u8]>) -> Seen {
+    let counters = [
+        Counter::KeyedRequests,
+        Counter::KeylessRequests,
+        Counter::NotHttp,
+    ];
+    let before = counters.map(|c| object.counter(c));
+    let charged_before = token.and_then(|t| object.bucket(&api_key(hash(t))));
+    let verdict = object.run(frame);
+    assert!(
+        [XDP_PASS, XDP_TX].contains(&verdict),
+        "a request's verdict is pass or 429, not {verdict}"
+    );
+    let after = counters.map(|c| object.counter(c));
+    let moved: Vec<usize> = (0..3).filter(|i| after[*i] != before[*i]).collect();
+    match moved.as_slice() {
+        [0] => {
+            let token = token.unwrap_or(b"<no key expected>");
+            let charged = object.bucket(&api_key(hash(token)));
+            let count = |s: Option<limiter_common::maps::BucketState>| {
+                s.map_or(0, |s| s.passed + s.dropped)
+            };
+            if count(charged) == count(charged_before) + 1 {
+                Seen::Key(token.to_vec())
+            } else {
+                Seen::Key(b"<another key>".to_vec())
+            }
+        }
+        [1] => Seen::NoKey,
+        [2] => Seen::NotHttp,
+        [] => Seen::NotHttp,
+        _ => panic!("several counters moved: {moved:?}"),
+    }
+}
+
+fn expected(request: &[u8]) -> (Seen, Option<Vec<u8>>) {
+    match scan(request, &headers()) {
+        Scan::Key(span) => {
+            let token = request[span.start as usize..(span.start + span.len) as usize].to_vec();
+            (Seen::Key(token.clone()), Some(token))
+        }
+        Scan::NoKey => (Seen::NoKey, None),
+        Scan::NotHttp => (Seen::NotHttp, None),
+    }
+}
+
+#[test]
+fn the_parser_table() {
+    require_root();
+    let object = object(1_000);
+    let pad = |n: usize| {
+        let mut r = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        r.resize(n, b'p');
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let mut at_end = pad(2048 - b"X-API-Key: k\r\n".len() - 2);
+    at_end.extend_from_slice(b"X-API-Key: k\r\n");
+    let mut past_end = pad(2048 - b"X-API-Key: k\r\n".len());
+    past_end.extend_from_slice(b"X-API-Key: k\r\n");
+    let mut long_key = b"GET / HTTP/1.1\r\nX-API-Key: ".to_vec();
+    long_key.resize(4096, b'k');
+    long_key.extend_from_slice(b"\r\n\r\n");
+    let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03abcdefgh".to_vec();
+    let table: Vec<(&str, Vec<u8>, Seen)> = vec![
+        (
+            "header name in any case",
+            b"GET / HTTP/1.1\r\nx-API-kEy: case\r\n\r\n".to_vec(),
+            Seen::Key(b"case".to_vec()),
+        ),
+        (
+            "Bearer with extra spaces",
+            b"GET / HTTP/1.1\r\nAuthorization:   bearer    tkn  \r\n\r\n".to_vec(),
+            Seen::Key(b"tkn".to_vec()),
+        ),
+        (
+            "Basic is no key",
+            b"GET / HTTP/1.1\r\nAuthorization: Basic dXNlcg==\r\n\r\n".to_vec(),
+            Seen::NoKey,
+        ),
+        ("key at the window's end", at_end, Seen::Key(b"k".to_vec())),
+        ("key just past it", past_end, Seen::NoKey),
+        (
+            "two key headers: the configured order",
+            b"GET / HTTP/1.1\r\nAuthorization: Bearer b\r\nX-API-Key: a\r\n\r\n".to_vec(),
+            Seen::Key(b"a".to_vec()),
+        ),
+        (
+            "a header twice: its first line",
+            b"GET / HTTP/1.1\r\nX-API-Key: one\r\nX-API-Key: two\r\n\r\n".to_vec(),
+            Seen::Key(b"one".to_vec()),
+        ),
+        (
+            "empty key",
+            b"GET / HTTP/1.1\r\nX-API-Key:   \r\n\r\n".to_vec(),
+            Seen::NoKey,
+        ),
+        ("4 KiB key", long_key, Seen::NoKey),
+        (
+            "no key header",
+            b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec(),
+            Seen::NoKey,
+        ),
+        (
+            "non-HTTP bytes",
+            b"\x00\x01binary\xff\xfe".to_vec(),
+            Seen::NotHttp,
+        ),
+        (
+            "a body segment",
+            b"{\"X-API-Key\": \"not a header\"}\r\nX-API-Key: x\r\n".to_vec(),
+            Seen::NotHttp,
+        ),
+        (
+            "h2c preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            Seen::NotHttp,
+        ),
+        (
+            "pipelined: the first request's key",
+            b"GET /a HTTP/1.1\r\nX-API-Key: p1\r\n\r\nGET /b HTTP/1.1\r\nX-API-Key: p2\r\n\r\n"
+                .to_vec(),
+            Seen::Key(b"p1".to_vec()),
+        ),
+    ];
+    for (i, (name, request, want)) in table.into_iter().enumerate() {
+        assert_eq!(expected(&request).0, want, "userspace, {name}");
+        let token = match &want {
+            Seen::Key(t) => Some(t.as_slice()),
+            _ => None,
+        };
+        let frame = segment(30000 + i as u16, 1, TCP_PSH | TCP_ACK, &request);
+        assert_eq!(seen(&object, &frame, token), want, "kernel, {name}");
+    }
+
+    // A TLS ClientHello: passed untouched and counted.
+    let hello = segment(31000, 1, TCP_PSH | TCP_ACK, &client_hello);
+    assert_eq!(object.run_out(&hello), (XDP_PASS, hello.clone()));
+    assert_eq!(object.counter(Counter::TlsHandshakes), 1);
+
+    // IPv6, and VLAN-tagged IPv4.
+    let tcp = Tcp {
+        src_port: 32000,
+        dst_port: PORT,
+        seq: 1,
+        ack: 1,
+        flags: TCP_PSH | TCP_ACK,
+        options: &[],
+    }
+    .segment(&request("v6-key"));
+    let mut client6 = [0u8; 16];
+    client6[..6].copy_from_slice(&[0x20, 0x01, 0, 2, 0, 0]);
+    client6[15] = 10;
+    let mut gateway6 = client6;
+    gateway6[15] = 1;
+    let frame6 = ethernet(
+        GATEWAY_MAC,
+        CLIENT_MAC,
+        ETH_P_IPV6,
+        &ipv6(client6, gateway6, IPPROTO_TCP, 64, &tcp),
+    );
+    assert_eq!(
+        seen(&object, &frame6, Some(b"v6-key")),
+        Seen::Key(b"v6-key".to_vec())
+    );
+    let plain = segment(32001, 1, TCP_PSH | TCP_ACK, &request("vlan-key"));
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    tagged.extend_from_slice(&plain[12..]);
+    assert_eq!(
+        seen(&object, &tagged, Some(b"vlan-key")),
+        Seen::Key(b"vlan-key".to_vec())
+    );
+
+    // Another port is not scanned.
+    let mut other_port = segment(32002, 1, TCP_PSH | TCP_ACK, &request("elsewhere"));
+    other_port[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&9090u16.to_be_bytes());
+    let before = object.counter(Counter::KeyedRequests);
+    assert_eq!(object.run(&other_port), XDP_PASS);
+    assert_eq!(object.counter(Counter::KeyedRequests), before);
+}
+
+#[test]
+fn generated_and_mangled_requests_get_the_key_userspace_finds() {
+    require_root();
+    let object = object(1_000_000);
+    let mut rng = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    let mut wrong = Vec::new();
+    for round in 0..600u32 {
+        let mut request = b"GET /v1/chat HTTP/1.1\r\nHost: gw\r\n".to_vec();
+        for _ in 0..next(6) {
+            let field: &[u8] = match next(6) {
+                0 => b"X-Api-KEY",
+                1 => b"authorization",
+                2 => b"X-Api-Keys",
+                3 => b"x-api-key",
+                _ => b"X-Pad",
+            };
+            request.extend_from_slice(field);
+            request.push(b':');
+            request.extend(std::iter::repeat_n(b' ', next(3) as usize));
+            if next(2) == 0 {
+                request.extend_from_slice(if next(2) == 0 { b"Bearer " } else { b"basic " });
+            }
+            let len = [0, 1, 7, 8, 9, 40, 300][next(7) as usize];
+            request.extend((0..len).map(|_| b"abcXYZ019-._~+/= \t"[next(18) as usize]));
+            request.extend_from_slice(if next(4) == 0 { b"\n" } else { b"\r\n" });
+        }
+        request.extend_from_slice(b"\r\n");
+        match next(5) {
+            0 => {
+                let at = next(request.len() as u64) as usize;
+                request[at] = next(256) as u8;
+            }
+            1 => request.truncate(next(request.len() as u64) as usize + 1),
+            2 => {
+                // Bytes that are no request at all.
+                request = (0..next(200) + 1).map(|_| next(256) as u8).collect();
+            }
+            _ => {}
+        }
+        let (want, token) = expected(&request);
+        let frame = segment(
+            20000 + (round % 20000) as u16,
+            round,
+            TCP_PSH | TCP_ACK,
+            &request,
+        );
+        let got = seen(&object, &frame, token.as_deref());
+        if got != want {
+            wrong.push(format!(
+                "{:?}: kernel {got:?}, userspace {want:?}",
+                String::from_utf8_lossy(&request)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} requests:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(object.counter(Counter::AnswersFailed), 0);
+    let _ = XDP_DROP;
+}
