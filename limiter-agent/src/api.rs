@@ -18,11 +18,41 @@ pub const INSPECT_PATH: &str = "/v1/inspect";
 pub const RESET_PATH: &str = "/v1/reset";
 pub const RELOAD_PATH: &str = "/v1/reload";
 pub const OVERRIDES_PATH: &str = "/v1/overrides";
+/// Registered API keys: `POST` adds one, `DELETE ?name=` forgets one.
+pub const API_KEYS_PATH: &str = "/v1/api-keys";
+
+/// What a tracked key is kept for.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// A source address or prefix.
+    #[default]
+    Source,
+    /// An HTTP API key (its token's keyed hash).
+    ApiKey,
+}
+
+/// What an API key's object adds to a source key's.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiKeyFields {
+    /// The registered name; null for a key never registered.
+    pub name: Option<String>,
+    /// 16 hex digits derived from the token's keyed hash (never the token).
+    pub fingerprint: String,
+    /// The registered key's plan; null: the `[http]` default.
+    pub plan: Option<String>,
+}
 
 /// One tracked key and its bucket.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct KeyInfo {
+    /// A source prefix (`198.18.0.7/32`), or `key:NAME` / `key:FINGERPRINT` for an API key.
     pub key: String,
+    #[serde(default)]
+    pub kind: KeyKind,
+    /// With `kind` = `api_key`.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyFields>,
     pub rule: String,
     pub rate: u64,
     pub burst: u64,
@@ -97,6 +127,40 @@ pub struct ListQuery {
     pub sort: Option<SortBy>,
     /// Only keys that overlap this address or prefix (applied before sorting and `top`).
     pub prefix: Option<String>,
+    /// Only keys of this kind.
+    pub kind: Option<KeyKind>,
+}
+
+/// Body of `POST /v1/api-keys`. The token travels only over the agent's socket, is hashed at
+/// once, and is never logged, stored or answered.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AddApiKey {
+    pub name: String,
+    pub plan: Option<String>,
+    pub token: String,
+}
+
+impl fmt::Debug for AddApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddApiKey")
+            .field("name", &self.name)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered key, as `POST /v1/api-keys` answers it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiKeyAdded {
+    pub name: String,
+    pub plan: Option<String>,
+    pub fingerprint: String,
+}
+
+/// Query of `DELETE /v1/api-keys`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiKeyQuery {
+    pub name: String,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -156,6 +220,8 @@ pub enum ErrorCode {
     NotTracked,
     /// `overrides rm` of a CIDR that has no override.
     NoSuchOverride,
+    /// `keys rm` of a name that is not registered.
+    NoSuchKey,
     /// `reload`: the config file is refused, or the agent has none.
     ReloadRefused,
     /// The datapath cannot hold more (rules or overrides of a family).
@@ -172,7 +238,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest | ErrorCode::AmbiguousKey => 400,
-            ErrorCode::NotTracked | ErrorCode::NoSuchOverride => 404,
+            ErrorCode::NotTracked | ErrorCode::NoSuchOverride | ErrorCode::NoSuchKey => 404,
             ErrorCode::ReloadRefused => 422,
             ErrorCode::Capacity => 507,
             ErrorCode::Internal | ErrorCode::Unknown => 500,

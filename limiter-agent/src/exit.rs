@@ -10,7 +10,7 @@ Exit status:
   2  bad usage: unknown flag, malformed KEY or CIDR, a KEY that selects several keys for inspect
   3  no agent reachable on the API socket (not running, permission denied, or no answer in 10 s)
   4  the KEY is not tracked
-  5  there is no override for the CIDR (overrides rm)";
+  5  there is nothing of that name to remove (overrides rm CIDR, keys rm NAME)";
 
 /// Why a command failed, by exit status.
 #[derive(Debug)]
@@ -19,7 +19,8 @@ pub enum Failure {
     Usage(String),
     Unreachable(String),
     NotTracked(String),
-    NoSuchOverride(String),
+    /// Nothing of that name to remove: an override (`overrides rm`), a key (`keys rm`).
+    NothingToRemove(String),
 }
 
 impl Failure {
@@ -29,7 +30,7 @@ impl Failure {
             Failure::Usage(m) => (2, m),
             Failure::Unreachable(m) => (3, m),
             Failure::NotTracked(m) => (4, m),
-            Failure::NoSuchOverride(m) => (5, m),
+            Failure::NothingToRemove(m) => (5, m),
         };
         eprintln!("error: {message}");
         ExitCode::from(code)

@@ -22,8 +22,9 @@ use std::process::ExitCode;
 /// Kernel-accelerated rate limiting for API gateway hosts.
 ///
 /// An XDP program keeps one token bucket per client (source address, grouped by prefix) and drops
-/// what is over the limit at the NIC. `limiter agent` loads it and serves an API; the other
-/// commands ask that agent.
+/// what is over the limit at the NIC; with `[http]` it also keeps one per API key and answers an
+/// HTTP request over its key's limit with a 429 from the kernel. `limiter agent` loads it and
+/// serves an API; the other commands ask that agent.
 #[derive(Debug, Parser)]
 #[command(name = "limiter", version, after_help = exit::EXIT_CODES_HELP)]
 struct Cli {
@@ -44,6 +45,8 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Give keys a full bucket at once; prints how many were reset.
     Reset(cli::ResetArgs),
+    /// API keys (HTTP requests on [http] ports): tracked ones, `keys add NAME`, `keys rm NAME`.
+    Keys(cli::keys::KeysArgs),
     /// Live full-screen view of the busiest and most throttled keys, refreshing in place.
     Top(cli::top::TopArgs),
     /// Re-read the agent's config file (as SIGHUP does); a bad one is refused and the old kept.
@@ -114,6 +117,7 @@ fn run_cli(command: Command) -> Result<(), Failure> {
             Command::List(args) => cli::list::run(args).await,
             Command::Inspect(args) => cli::inspect::run(args).await,
             Command::Reset(args) => cli::reset::run(args).await,
+            Command::Keys(args) => cli::keys::run(args).await,
             Command::Reload(args) => cli::reload::run(args).await,
             Command::Top(args) => cli::top::run(args).await,
             Command::Allow(args) => cli::overrides::add(args, Action::Allow, None).await,

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod frame;
+pub mod gateway;
 pub mod netns;
 pub mod object;
 pub mod traffic;

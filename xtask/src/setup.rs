@@ -93,9 +93,12 @@ fn debian_packages(llvm: u32) -> Vec<String> {
         format!("libpolly-{llvm}-dev"),
         "libzstd-dev".into(),
         "zlib1g-dev".into(),
-        // The tests: namespaces and veth (ip), `limiter top` driven in a terminal (tmux).
+        // The tests: namespaces and veth (ip), `limiter top` driven in a terminal (tmux), a
+        // real gateway and HTTP client for API keys (nginx, curl).
         "iproute2".into(),
         "tmux".into(),
+        "nginx-light".into(),
+        "curl".into(),
     ]
 }
 

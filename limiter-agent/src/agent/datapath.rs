@@ -1,7 +1,8 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
+use super::api_keys::{fingerprint, Registered, Secret};
 use super::config::{longest_match, Config, ResolvedRule};
-use crate::api::{Counters, KeyInfo, SortBy};
+use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
@@ -9,14 +10,17 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use limiter_common::bucket::{self, Limit, FULL_BUCKET_TAT};
 use limiter_common::charge::{self, Charge};
+use limiter_common::http::Answer;
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
-    counter_index, BucketKey, BucketState, Counter, DatapathConfig, ResetRequest, RuleEntry,
-    BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_MAP, COUNTERS_MAP,
-    COUNTER_ENTRIES, DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP,
-    RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
+    counter_index, ApiKeyEntry, BucketKey, BucketState, Counter, DatapathConfig, ResetRequest,
+    RuleEntry, ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4,
+    CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES,
+    DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP,
+    RULES_V6_MAP,
 };
 use std::collections::HashMap as StdHashMap;
+use std::sync::Arc;
 
 /// XDP verdicts of the reset program (see limiter-ebpf).
 const RESET_DONE: u32 = 2; // XDP_PASS
@@ -41,6 +45,62 @@ pub struct Datapath {
     override_rules: Vec<ResolvedRule>,
     /// What CONFIG holds (set by `write_config`).
     written: Option<DatapathConfig>,
+    /// Registered API keys by token hash, and each plan's 429 by slot.
+    api_keys_map: HashMap<MapData, u64, ApiKeyEntry>,
+    answers: Array<MapData, Answer>,
+    /// The token hash's secret and the registered keys (set by `set_api_keys`).
+    secret: Option<Secret>,
+    registered: Vec<Registered>,
+    /// What describes API keys' buckets, from the configuration and registered keys in force.
+    api: Arc<ApiView>,
+}
+
+/// How API keys' buckets are described: their limits and names.
+#[derive(Clone, Debug, Default)]
+pub struct ApiView {
+    /// `[http]`'s limit for keys without a plan; none without `[http]`.
+    default: Option<Shown>,
+    /// Plans by name.
+    plans: StdHashMap<String, Shown>,
+    /// Registered keys by token hash: name and plan.
+    registered: StdHashMap<u64, (String, Option<String>)>,
+}
+
+impl ApiView {
+    /// The limit, name and plan of the key whose token hashes to `hash`.
+    fn of(&self, hash: u64) -> Option<(Shown, Option<&str>, Option<&str>)> {
+        let default = self.default.as_ref()?;
+        match self.registered.get(&hash) {
+            Some((name, plan)) => {
+                let shown = plan
+                    .as_ref()
+                    .and_then(|p| self.plans.get(p))
+                    .unwrap_or(default);
+                Some((shown.clone(), Some(name), plan.as_deref()))
+            }
+            None => Some((default.clone(), None, None)),
+        }
+    }
+
+    /// How the key whose token hashes to `hash` is named (`key:NAME`, `key:FINGERPRINT`), and
+    /// the name of its limit (its plan, or `[http]`).
+    pub fn names(&self, hash: u64) -> (String, String) {
+        match self.registered.get(&hash) {
+            Some((name, plan)) => (
+                format!("key:{name}"),
+                plan.clone().unwrap_or_else(|| "[http]".to_owned()),
+            ),
+            None => (format!("key:{}", fingerprint(hash)), "[http]".to_owned()),
+        }
+    }
+
+    /// The token hash of the key registered as `name`.
+    pub fn hash_of(&self, name: &str) -> Option<u64> {
+        self.registered
+            .iter()
+            .find(|(_, (n, _))| n == name)
+            .map(|(hash, _)| *hash)
+    }
 }
 
 /// A pair of LPM tries (IPv4, IPv6) of [`RuleEntry`].
@@ -115,6 +175,8 @@ impl Datapath {
             v4: LpmTrie::try_from(take(OVERRIDES_V4_MAP)?)?,
             v6: LpmTrie::try_from(take(OVERRIDES_V6_MAP)?)?,
         };
+        let api_keys_map = HashMap::try_from(take(API_KEYS_MAP)?)?;
+        let answers = Array::try_from(take(ANSWERS_MAP)?)?;
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -131,7 +193,113 @@ impl Datapath {
             applied: None,
             override_rules: Vec::new(),
             written: None,
+            api_keys_map,
+            answers,
+            secret: None,
+            registered: Vec::new(),
+            api: Arc::new(ApiView::default()),
         })
+    }
+
+    /// Sets the token hash's secret and the registered keys; takes effect with the next
+    /// `apply` (at start) or at once (`limiter keys add|rm`).
+    pub fn set_api_keys(
+        &mut self,
+        secret: Secret,
+        registered: Vec<Registered>,
+    ) -> anyhow::Result<()> {
+        self.secret = Some(secret);
+        self.registered = registered;
+        if self.applied.is_some() {
+            self.write_api_keys()?;
+        }
+        Ok(())
+    }
+
+    /// The token hash's secret.
+    pub fn secret(&self) -> Option<Secret> {
+        self.secret
+    }
+
+    /// The registered keys in force.
+    pub fn registered(&self) -> &[Registered] {
+        &self.registered
+    }
+
+    pub fn api(&self) -> Arc<ApiView> {
+        Arc::clone(&self.api)
+    }
+
+    /// Writes each plan's 429 and the registered keys' limits, then what describes them.
+    fn write_api_keys(&mut self) -> anyhow::Result<()> {
+        let (config, _) = self
+            .applied
+            .as_ref()
+            .expect("a configuration is applied first");
+        let Some(http) = &config.http else {
+            self.api = Arc::new(ApiView::default());
+            return Ok(());
+        };
+        self.answers
+            .set(0, http.answer(), 0)
+            .context("writing the ANSWERS map")?;
+        for spanned in &config.plans {
+            let plan = spanned.get_ref();
+            let (slot, _) = config.plan(&plan.name).expect("a configured plan");
+            self.answers
+                .set(slot, plan.answer(), 0)
+                .context("writing the ANSWERS map")?;
+        }
+        let mut wanted = StdHashMap::new();
+        for key in &self.registered {
+            // A key of a plan the configuration no longer has gets the [http] default (the
+            // agent said so when it started).
+            if let Some((slot, plan)) = key.plan.as_deref().and_then(|p| config.plan(p)) {
+                let entry = ApiKeyEntry {
+                    limit: plan.limit(),
+                    plan: slot,
+                    _pad: 0,
+                };
+                self.api_keys_map
+                    .insert(key.hash, entry, 0)
+                    .context("writing the API_KEYS map")?;
+                wanted.insert(key.hash, ());
+            }
+        }
+        let stale: Vec<u64> = self
+            .api_keys_map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|hash| !wanted.contains_key(hash))
+            .collect();
+        for hash in stale {
+            self.api_keys_map
+                .remove(&hash)
+                .context("removing from the API_KEYS map")?;
+        }
+        let shown = |name: &str, rate: u64, burst: u64| Shown {
+            name: name.to_owned(),
+            limit: Limit::new(rate, burst),
+            rate,
+            burst,
+        };
+        self.api = Arc::new(ApiView {
+            default: Some(shown("[http]", http.rate.get(), http.burst.get())),
+            plans: config
+                .plans
+                .iter()
+                .map(|p| {
+                    let p = p.get_ref();
+                    (p.name.clone(), shown(&p.name, p.rate.get(), p.burst.get()))
+                })
+                .collect(),
+            registered: self
+                .registered
+                .iter()
+                .map(|k| (k.hash, (k.name.clone(), k.plan.clone())))
+                .collect(),
+        });
+        Ok(())
     }
 
     /// Tells the datapath the configuration: the rules first, then the config that enables them,
@@ -140,6 +308,7 @@ impl Datapath {
         let rules = config.resolved_rules();
         self.rules.write(&rules)?;
         self.applied = Some((config.clone(), rules));
+        self.write_api_keys()?;
         self.write_config()
     }
 
@@ -163,6 +332,13 @@ impl Datapath {
         }
         if self.override_rules.iter().any(|r| !r.cidr.is_ipv4()) {
             datapath.flags |= CONFIG_HAS_OVERRIDES_V6;
+        }
+        if let Some(http) = &config.http {
+            let secret = self
+                .secret
+                .ok_or_else(|| anyhow!("the API key secret is set before [http] is applied"))?;
+            datapath.flags |= CONFIG_HTTP;
+            datapath.http = http.datapath(secret.words());
         }
         self.config_map
             .set(0, datapath, 0)
@@ -229,9 +405,9 @@ impl Datapath {
         limiter_common::batch::for_each_bucket(fd, visit).context("reading the BUCKETS map")
     }
 
-    /// The name and limit of the rule with `rule_id`.
-    fn rule_limit(&self, rule_id: u32) -> Option<Shown> {
-        rule_limit(&self.limits, rule_id)
+    /// The name and limit `key`'s bucket is under.
+    fn limit_of(&self, key: &BucketKey) -> Option<Shown> {
+        limit_of(key, &self.limits, &self.api)
     }
 
     /// Keys tracked and keys exhausted right now, without building any list.
@@ -240,7 +416,7 @@ impl Datapath {
         let (mut tracked, mut exhausted) = (0u64, 0u64);
         self.for_each_bucket(|key, state| {
             tracked += 1;
-            if let Some(shown) = self.rule_limit(key.rule_id) {
+            if let Some(shown) = self.limit_of(key) {
                 exhausted += bucket::is_exhausted(state.tat_ns, now, &shown.limit) as u64;
             }
         })?;
@@ -255,10 +431,14 @@ impl Datapath {
         sort: Option<SortBy>,
         top: Option<usize>,
         prefix: Option<&Prefix>,
+        kind: Option<KeyKind>,
     ) -> anyhow::Result<KeyList> {
         let now = monotonic_now_ns();
         let mut entries = Vec::new();
         self.for_each_bucket(|key, state| {
+            if kind.is_some_and(|kind| kind != kind_of(key)) {
+                return;
+            }
             if let Some(wanted) = prefix {
                 if !Prefix::from_bucket_key(key).is_some_and(|p| p.overlaps(wanted)) {
                     return;
@@ -266,7 +446,7 @@ impl Datapath {
             }
             if exhausted_only
                 && !self
-                    .rule_limit(key.rule_id)
+                    .limit_of(key)
                     .is_some_and(|shown| bucket::is_exhausted(state.tat_ns, now, &shown.limit))
             {
                 return;
@@ -295,11 +475,45 @@ impl Datapath {
             }
         }
         entries.sort_unstable_by(order);
-        Ok(KeyList {
+        Ok(self.key_list(entries, now))
+    }
+
+    fn key_list(&self, entries: Vec<(BucketKey, BucketState)>, now: u64) -> KeyList {
+        KeyList {
             entries,
             limits: self.limits.clone(),
+            api: self.api(),
             now,
-        })
+        }
+    }
+
+    /// The bucket of the API key whose token hashes to `hash`, as a list of one (or none).
+    pub fn select_api_key(&self, hash: u64) -> anyhow::Result<KeyList> {
+        let key = charge::api_key(hash);
+        let mut entries = Vec::new();
+        match self.buckets.get(&key, 0) {
+            Ok(state) => entries.push((key, state)),
+            Err(MapError::KeyNotFound) => {}
+            Err(err) => return Err(err).context("looking up the BUCKETS map"),
+        }
+        Ok(self.key_list(entries, monotonic_now_ns()))
+    }
+
+    /// The tracked API keys whose fingerprint starts with `start` (at most `keep`), and how
+    /// many there are.
+    pub fn api_keys_starting(&self, start: &str, keep: usize) -> anyhow::Result<(KeyList, usize)> {
+        let now = monotonic_now_ns();
+        let mut entries = Vec::new();
+        let mut total = 0;
+        self.for_each_bucket(|key, state| {
+            if charge::api_key_hash(key).is_some_and(|h| fingerprint(h).starts_with(start)) {
+                total += 1;
+                if entries.len() < keep {
+                    entries.push((*key, *state));
+                }
+            }
+        })?;
+        Ok((self.key_list(entries, now), total))
     }
 
     /// The tracked keys that overlap `wanted`: at most `keep` of them (the first in map order),
@@ -316,14 +530,7 @@ impl Datapath {
                 }
             }
         })?;
-        Ok((
-            KeyList {
-                entries,
-                limits: self.limits.clone(),
-                now,
-            },
-            total,
-        ))
+        Ok((self.key_list(entries, now), total))
     }
 
     /// The bucket a packet from the single address `source` is charged to now, as a list of
@@ -343,11 +550,7 @@ impl Datapath {
                 Err(err) => return Err(err).context("looking up the BUCKETS map"),
             }
         }
-        Ok(KeyList {
-            entries,
-            limits: self.limits.clone(),
-            now,
-        })
+        Ok(self.key_list(entries, now))
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).
@@ -400,6 +603,10 @@ impl Datapath {
         let now = monotonic_now_ns();
         let mut stale = Vec::new();
         self.for_each_bucket(|key, state| {
+            // Source keys only: an API key's rule id is not a rule's.
+            if kind_of(key) != KeyKind::Source {
+                return;
+            }
             if let Some(limit) = lowered.get(&key.rule_id) {
                 if state.tat_ns > now.saturating_add(limit.tolerance_ns) {
                     stale.push((*key, *limit));
@@ -467,6 +674,7 @@ pub fn open_counters(pin_path: &std::path::Path) -> anyhow::Result<PerCpuArray<M
 pub struct KeyList {
     entries: Vec<(BucketKey, BucketState)>,
     limits: StdHashMap<u32, Shown>,
+    api: Arc<ApiView>,
     now: u64,
 }
 
@@ -477,9 +685,12 @@ impl KeyList {
 
     /// Each key with its description.
     pub fn described(&self) -> impl Iterator<Item = (&BucketKey, KeyInfo)> + '_ {
-        self.entries
-            .iter()
-            .filter_map(|(key, state)| Some((key, describe(key, state, self.now, &self.limits)?)))
+        self.entries.iter().filter_map(|(key, state)| {
+            Some((
+                key,
+                describe(key, state, self.now, &self.limits, &self.api)?,
+            ))
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -524,17 +735,53 @@ fn rule_limit(limits: &StdHashMap<u32, Shown>, rule_id: u32) -> Option<Shown> {
     }
 }
 
+/// What a key is kept for.
+pub fn kind_of(key: &BucketKey) -> KeyKind {
+    match charge::api_key_hash(key) {
+        Some(_) => KeyKind::ApiKey,
+        None => KeyKind::Source,
+    }
+}
+
+/// The name and limit `key`'s bucket is under: its rule's for a source key, its plan's (or
+/// `[http]`'s) for an API key.
+fn limit_of(key: &BucketKey, limits: &StdHashMap<u32, Shown>, api: &ApiView) -> Option<Shown> {
+    match charge::api_key_hash(key) {
+        Some(hash) => api.of(hash).map(|(shown, ..)| shown),
+        None => rule_limit(limits, key.rule_id),
+    }
+}
+
 fn describe(
     key: &BucketKey,
     state: &BucketState,
     now: u64,
     limits: &StdHashMap<u32, Shown>,
+    api: &ApiView,
 ) -> Option<KeyInfo> {
-    let prefix = Prefix::from_bucket_key(key)?;
-    let shown = rule_limit(limits, key.rule_id)?;
+    let (text, kind, api_key, shown) = match charge::api_key_hash(key) {
+        Some(hash) => {
+            let (shown, name, plan) = api.of(hash)?;
+            let fingerprint = fingerprint(hash);
+            let (text, _) = api.names(hash);
+            let fields = ApiKeyFields {
+                name: name.map(str::to_owned),
+                fingerprint,
+                plan: plan.map(str::to_owned),
+            };
+            (text, KeyKind::ApiKey, Some(fields), shown)
+        }
+        None => {
+            let prefix = Prefix::from_bucket_key(key)?;
+            let shown = rule_limit(limits, key.rule_id)?;
+            (prefix.to_string(), KeyKind::Source, None, shown)
+        }
+    };
     let limit = &shown.limit;
     Some(KeyInfo {
-        key: prefix.to_string(),
+        key: text,
+        kind,
+        api_key,
         rule: shown.name,
         rate: shown.rate,
         burst: shown.burst,

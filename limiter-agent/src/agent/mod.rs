@@ -5,6 +5,7 @@
 //! `turnover`) → `state` (what they share) → `datapath` (the kernel's maps) → `overrides`,
 //! `config` → `limiter-common`.
 
+mod api_keys;
 mod attach;
 pub mod config;
 mod datapath;
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Members of this group may use the API socket.
 const API_GROUP: &str = "limiter";
@@ -58,7 +59,8 @@ pub struct AgentArgs {
     /// bpffs directory for the maps and links; mounted when it is not on a bpffs already.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    /// Directory of the agent's own state: the runtime overrides (kept across restarts).
+    /// Directory of the agent's own state (kept across restarts): the runtime overrides, the
+    /// registered API keys and the secret their tokens are hashed with.
     #[arg(long, value_name = "DIR", default_value = overrides::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no authentication:
@@ -72,6 +74,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let object = crate::object::require()?;
     let (config, source) = Config::load(args.config.as_deref())?;
     let overrides = overrides::OverrideStore::load(&args.state_dir)?;
+    let secret = api_keys::Secret::load_or_create(
+        &args.state_dir,
+        config.http.as_ref().and_then(|h| h.secret_file.as_deref()),
+    )?;
+    let api_keys = api_keys::ApiKeyStore::load(&args.state_dir, &secret)?;
+    for key in api_keys.list() {
+        if let Some(plan) = key.plan.as_deref().filter(|p| config.plan(p).is_none()) {
+            warn!(
+                key = %key.name,
+                plan,
+                "this registered key's plan is not in the configuration: it gets the [http] \
+                 default until the plan is back or the key is moved (`limiter keys rm`, `add`)"
+            );
+        }
+    }
     match &source {
         ConfigSource::EmbeddedDefault => info!(
             rate = config.limits.rate.get(),
@@ -110,6 +127,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The first load creates (or adopts) the pinned maps; the agent reads and writes them
     // through it, and runs the reset program from it.
     let mut datapath = Datapath::new(loader(0)?)?;
+    datapath.set_api_keys(secret, api_keys.list().to_vec())?;
     datapath.apply(&config)?;
     datapath.set_overrides(state::resolved_overrides(&overrides, &config))?;
 
@@ -138,6 +156,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         config,
         source,
         overrides,
+        api_keys,
         interfaces,
         args.pin_path.clone(),
     ));

@@ -38,10 +38,6 @@ impl Selection {
         }
     }
 
-    pub fn wanted(&self) -> &[Prefix] {
-        &self.wanted
-    }
-
     /// The indices of the KEYs that select `key`.
     pub fn selecting(&mut self, key: &Prefix) -> Vec<usize> {
         let family = key.is_ipv4();

@@ -1,8 +1,9 @@
 //! The JSON API on the Unix socket: one handler per path, each turning a request into a call
 //! on the shared state and the answer (or an [`AgentError`]) into JSON.
 
+use super::api_keys::{check_key_name, is_fingerprint};
 use super::config::Action;
-use super::datapath::Datapath;
+use super::datapath::{ApiView, Datapath};
 use super::error::AgentError;
 use super::overrides::{self, Override};
 use super::selection::{Selection, MAX_KEYS_PER_REQUEST};
@@ -57,6 +58,7 @@ pub fn router(state: Shared) -> Router {
                 .post(add_override)
                 .delete(remove_override),
         )
+        .route(API_KEYS_PATH, post(add_api_key).delete(remove_api_key))
         .with_state(state)
 }
 
@@ -128,7 +130,13 @@ async fn list(
     let Query(query) = query?;
     let prefix = query.prefix.as_deref().map(parse_key).transpose()?;
     let list = with_datapath(&state, move |datapath, _| {
-        Ok(datapath.select(query.exhausted, query.sort, query.top, prefix.as_ref())?)
+        Ok(datapath.select(
+            query.exhausted,
+            query.sort,
+            query.top,
+            prefix.as_ref(),
+            query.kind,
+        )?)
     })
     .await?;
     let (chunks, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
@@ -177,13 +185,91 @@ fn parse_key(text: &str) -> Result<Prefix, AgentError> {
         .map_err(|err: limiter_common::key::PrefixError| AgentError::bad_request(err.to_string()))
 }
 
+/// What a KEY on the command line names.
+#[derive(Clone, Debug)]
+enum Selector {
+    /// A source address or prefix.
+    Source(Prefix),
+    /// `key:NAME` of a registered key: its token hash.
+    ApiKey(String, u64),
+    /// `key:FINGERPRINT` (or its start): lowercase hex digits.
+    Fingerprint(String),
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Source(prefix) => write!(f, "{prefix}"),
+            Selector::ApiKey(name, _) => write!(f, "key:{name}"),
+            Selector::Fingerprint(start) => write!(f, "key:{start}"),
+        }
+    }
+}
+
+/// A KEY: a source address or prefix, or `key:NAME` / `key:FINGERPRINT` for an API key.
+fn parse_selector(text: &str, api: &ApiView) -> Result<Selector, AgentError> {
+    let Some(rest) = text.strip_prefix("key:") else {
+        return parse_key(text).map(Selector::Source);
+    };
+    if let Some(hash) = api.hash_of(rest) {
+        return Ok(Selector::ApiKey(rest.to_owned(), hash));
+    }
+    if is_fingerprint(rest) {
+        return Ok(Selector::Fingerprint(rest.to_ascii_lowercase()));
+    }
+    match check_key_name(rest) {
+        Ok(()) => Err(AgentError::new(
+            ErrorCode::NotTracked,
+            format!("no key is registered as '{rest}' (see `limiter keys`)"),
+        )),
+        Err(_) => Err(AgentError::bad_request(format!(
+            "{text:?} is not a KEY: key:NAME of a registered key, key:FINGERPRINT (4 to 16 hex \
+             digits), or an address or prefix such as 198.18.1.7 or 2001:2::/64"
+        ))),
+    }
+}
+
 async fn inspect(
     State(state): State<Shared>,
     query: Result<Query<InspectQuery>, QueryRejection>,
 ) -> Result<Json<KeyInfo>, AgentError> {
     let Query(query) = query?;
-    let wanted = parse_key(&query.key)?;
     with_datapath(&state, move |datapath, _| {
+        let wanted = match parse_selector(&query.key, &datapath.api())? {
+            Selector::Source(prefix) => prefix,
+            Selector::ApiKey(name, hash) => {
+                let mut one: Vec<_> = datapath.select_api_key(hash)?.infos().collect();
+                return one.pop().map(Json).ok_or_else(|| {
+                    AgentError::new(
+                        ErrorCode::NotTracked,
+                        format!(
+                            "key:{name} is registered, but not tracked: no request with it since \
+                             its bucket was last evicted, or ever"
+                        ),
+                    )
+                });
+            }
+            Selector::Fingerprint(start) => {
+                let (list, total) = datapath.api_keys_starting(&start, 5)?;
+                let mut found: Vec<_> = list.infos().collect();
+                return match total {
+                    0 => Err(AgentError::new(
+                        ErrorCode::NotTracked,
+                        format!("no tracked API key has a fingerprint starting with {start}"),
+                    )),
+                    1 => Ok(Json(found.remove(0))),
+                    n => Err(AgentError::new(
+                        ErrorCode::AmbiguousKey,
+                        format!(
+                            "key:{start} selects {n} tracked API keys ({}{}); inspect takes one — \
+                             give more of the fingerprint",
+                            found.iter().map(|k| k.key.as_str()).collect::<Vec<_>>().join(", "),
+                            if n > found.len() { ", …" } else { "" }
+                        ),
+                    )),
+                };
+            }
+        };
         // An address's bucket in force is found with one lookup; a prefix, or an address whose
         // bucket is not there (stale buckets of other rules, or none), takes a walk of the map.
         // Beyond a few dozen keys a KEY is too wide to inspect whatever they are: only that many
@@ -272,25 +358,49 @@ async fn reset(
             request.keys.len()
         )));
     }
-    // Parse every key before touching any bucket: a bad one changes nothing.
-    let wanted = request
-        .keys
-        .iter()
-        .map(|k| parse_key(k))
-        .collect::<Result<Vec<_>, _>>()?;
     with_datapath(&state, move |datapath, state| {
+        // Parse every key before touching any bucket: a bad one changes nothing.
+        let api = datapath.api();
+        let selectors = request
+            .keys
+            .iter()
+            .map(|k| parse_selector(k, &api))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sources = Vec::new();
+        let mut api_keys = Vec::new();
+        for (i, selector) in selectors.iter().enumerate() {
+            match selector {
+                Selector::Source(prefix) => sources.push((i, *prefix)),
+                other => api_keys.push((i, other.clone())),
+            }
+        }
         // One walk of the map on raw entries; with `exhausted` only exhausted keys come back.
-        let candidates = datapath.select(request.exhausted, None, None, None)?;
+        let candidates = datapath.select(request.exhausted, None, None, None, None)?;
         let mut reset = 0;
-        let mut selection = Selection::new(wanted);
-        let mut selected = vec![false; selection.wanted().len()];
+        let mut selection = Selection::new(sources.iter().map(|(_, p)| *p).collect());
+        let mut selected = vec![false; selectors.len()];
         for key in candidates.keys() {
             let chosen = if request.all || request.exhausted {
                 true
+            } else if let Some(hash) = limiter_common::charge::api_key_hash(key) {
+                let fingerprint = super::api_keys::fingerprint(hash);
+                let mut hit = false;
+                for (i, selector) in &api_keys {
+                    let hits = match selector {
+                        Selector::ApiKey(_, wanted) => *wanted == hash,
+                        Selector::Fingerprint(start) => fingerprint.starts_with(start.as_str()),
+                        Selector::Source(_) => false,
+                    };
+                    if hits {
+                        selected[*i] = true;
+                        hit = true;
+                    }
+                }
+                hit
             } else {
                 let hits =
                     Prefix::from_bucket_key(key).map_or_else(Vec::new, |p| selection.selecting(&p));
-                hits.iter().for_each(|&i| selected[i] = true);
+                hits.iter().for_each(|&i| selected[sources[i].0] = true);
                 !hits.is_empty()
             };
             if chosen && datapath.reset(key)? {
@@ -298,8 +408,7 @@ async fn reset(
                 state.resets.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let not_tracked = selection
-            .wanted()
+        let not_tracked = selectors
             .iter()
             .zip(selected)
             .filter(|(_, hit)| !hit)
@@ -417,6 +526,45 @@ async fn remove_override(
         })?;
         tracing::info!(%cidr, uid = caller.uid, pid = caller.pid, "override removed");
         Ok(Json(OverrideRemoved { removed: 1 }))
+    })
+    .await
+}
+
+async fn add_api_key(
+    State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    request: Result<Json<AddApiKey>, JsonRejection>,
+) -> Result<Json<ApiKeyAdded>, AgentError> {
+    let Json(request) = request?;
+    blocking(&state, move |state| {
+        let added = state.add_api_key(request.name, request.plan, request.token.as_bytes())?;
+        tracing::info!(
+            key = %added.name,
+            plan = added.plan.as_deref().unwrap_or("[http] default"),
+            fingerprint = %added.fingerprint,
+            uid = caller.uid,
+            pid = caller.pid,
+            "API key registered"
+        );
+        Ok(Json(added))
+    })
+    .await
+}
+
+async fn remove_api_key(
+    State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    query: Result<Query<ApiKeyQuery>, QueryRejection>,
+) -> Result<Json<ApiKeyAdded>, AgentError> {
+    let Query(query) = query?;
+    blocking(&state, move |state| {
+        let removed = state.remove_api_key(&query.name)?;
+        tracing::info!(key = %removed.name, uid = caller.uid, pid = caller.pid, "API key forgotten");
+        Ok(Json(ApiKeyAdded {
+            name: removed.name,
+            plan: removed.plan,
+            fingerprint: super::api_keys::fingerprint(removed.hash),
+        }))
     })
     .await
 }

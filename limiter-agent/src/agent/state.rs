@@ -2,11 +2,12 @@
 //! (published, so readers never take the datapath's lock for it), the overrides, and the
 //! operations that change them — a reload, a change of overrides.
 
+use super::api_keys::{self, AddError, ApiKeyStore, Registered};
 use super::config::{Config, ConfigSource, ResolvedRule};
 use super::datapath::Datapath;
 use super::error::AgentError;
 use super::overrides::{Override, OverrideStore};
-use crate::api::{ErrorCode, InterfaceInfo, ReloadResponse};
+use crate::api::{ApiKeyAdded, ErrorCode, InterfaceInfo, ReloadResponse};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,6 +24,8 @@ pub struct AgentState {
     pub config_source: ConfigSource,
     /// Runtime overrides; lock before `datapath` when both are needed.
     pub overrides: Mutex<OverrideStore>,
+    /// Registered API keys; lock before `datapath` when both are needed.
+    api_keys: Mutex<ApiKeyStore>,
     pub pin_path: PathBuf,
     /// Keys reset through this agent since it started (`limiter_resets_total`).
     pub resets: AtomicU64,
@@ -64,6 +67,7 @@ impl AgentState {
         config: Config,
         config_source: ConfigSource,
         overrides: OverrideStore,
+        api_keys: ApiKeyStore,
         interfaces: Vec<Interface>,
         pin_path: PathBuf,
     ) -> AgentState {
@@ -73,6 +77,7 @@ impl AgentState {
             interfaces,
             config_source,
             overrides: Mutex::new(overrides),
+            api_keys: Mutex::new(api_keys),
             pin_path,
             resets: AtomicU64::new(0),
             exhaustion_events: AtomicU64::new(0),
@@ -130,6 +135,29 @@ impl AgentState {
                 running.agent.max_keys
             )));
         }
+        let secret_file = |c: &Config| c.http.as_ref().and_then(|h| h.secret_file.clone());
+        if secret_file(&config) != secret_file(&running) {
+            return Err(refuse(format!(
+                "{}: [http] secret_file cannot change while the agent runs (the registered keys \
+                 are hashed under the secret in force); put it back, or restart the agent",
+                path.display()
+            )));
+        }
+        for key in datapath.registered() {
+            if let Some(plan) = key.plan.as_deref() {
+                if running.plan(plan).is_some() && config.plan(plan).is_none() {
+                    return Err(refuse(format!(
+                        "{}: the plan '{plan}' is gone, but the registered key '{}' is on it; \
+                         keep the plan, or move the key first (`limiter keys rm {}`, then \
+                         `limiter keys add {} --plan …`)",
+                        path.display(),
+                        key.name,
+                        key.name,
+                        key.name
+                    )));
+                }
+            }
+        }
         if let Err(err) = datapath.apply(&config) {
             // Put back what was in force; the error says what went wrong.
             let _ = datapath.apply(&running);
@@ -170,6 +198,121 @@ impl AgentState {
             return Err(err);
         }
         Ok(done)
+    }
+
+    /// Registers an API key under `name` (on `plan`, or the `[http]` default): enforced at
+    /// once, then saved; on any failure nothing changes. The token is hashed here and dropped.
+    pub fn add_api_key(
+        &self,
+        name: String,
+        plan: Option<String>,
+        token: &[u8],
+    ) -> Result<ApiKeyAdded, AgentError> {
+        let bad = |m: String| AgentError::new(ErrorCode::BadRequest, m);
+        let config = self.config();
+        if config.http.is_none() {
+            return Err(bad(
+                "API keys need [http] in the configuration (its ports and key headers)".into(),
+            ));
+        }
+        if let Some(plan) = &plan {
+            if config.plan(plan).is_none() {
+                let known: Vec<_> = config
+                    .plans
+                    .iter()
+                    .map(|p| p.get_ref().name.clone())
+                    .collect();
+                return Err(bad(format!(
+                    "there is no plan '{plan}' (configured: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+        if token.is_empty() {
+            return Err(bad("the token is empty".into()));
+        }
+        if token.len() > limiter_common::http::WINDOW {
+            return Err(bad(format!(
+                "a token of {} bytes cannot be read from a request (at most {})",
+                token.len(),
+                limiter_common::http::WINDOW
+            )));
+        }
+        if token
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(bad(
+                "the token holds whitespace or control characters: a request header cannot \
+                 carry it as such (a trailing newline of the input is taken off already)"
+                    .into(),
+            ));
+        }
+        let mut store = self.api_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut datapath = self.datapath_mut();
+        let secret = datapath
+            .secret()
+            .ok_or_else(|| bad("no API key secret".into()))?;
+        let key = Registered {
+            name,
+            plan,
+            hash: secret.hash(token),
+            added_at_ms: super::overrides::now_ms(),
+        };
+        let before = store.list().to_vec();
+        store.add(key.clone()).map_err(|err| match err {
+            AddError::Invalid(m) | AddError::Duplicate(m) => bad(m),
+            AddError::Capacity(m) => AgentError::new(ErrorCode::Capacity, m),
+        })?;
+        self.enforce_api_keys(&mut store, &mut datapath, before)?;
+        Ok(ApiKeyAdded {
+            name: key.name,
+            plan: key.plan,
+            fingerprint: api_keys::fingerprint(key.hash),
+        })
+    }
+
+    /// Forgets the API key registered as `name`: its requests fall back to the `[http]`
+    /// default (its bucket stays).
+    pub fn remove_api_key(&self, name: &str) -> Result<Registered, AgentError> {
+        let mut store = self.api_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut datapath = self.datapath_mut();
+        let before = store.list().to_vec();
+        let removed = store.remove(name).ok_or_else(|| {
+            AgentError::new(
+                ErrorCode::NoSuchKey,
+                format!("no key is registered as '{name}' (see `limiter keys`)"),
+            )
+        })?;
+        self.enforce_api_keys(&mut store, &mut datapath, before)?;
+        Ok(removed)
+    }
+
+    /// Enforces and saves the store's keys, or puts back `before` in both.
+    fn enforce_api_keys(
+        &self,
+        store: &mut ApiKeyStore,
+        datapath: &mut Datapath,
+        before: Vec<Registered>,
+    ) -> Result<(), AgentError> {
+        let secret = datapath.secret().expect("checked by the caller");
+        let result = datapath
+            .set_api_keys(secret, store.list().to_vec())
+            .map_err(AgentError::from)
+            .and_then(|()| Ok(store.save()?));
+        if let Err(err) = result {
+            let mut restored = ApiKeyStore::restore(store, before);
+            std::mem::swap(store, &mut restored);
+            if let Err(again) = datapath.set_api_keys(secret, store.list().to_vec()) {
+                tracing::error!("putting back the API keys in force: {again:#}");
+            }
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Lifts the overrides that lapsed by `now_ms`: enforced at once; the file follows, and

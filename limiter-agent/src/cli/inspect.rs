@@ -6,29 +6,51 @@ use crate::exit::Failure;
 pub struct InspectArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// An address (198.18.1.7, 2001:2::5) or a prefix (198.18.1.0/24) selecting one tracked key.
+    /// An address (198.18.1.7, 2001:2::5) or a prefix (198.18.1.0/24) selecting one tracked key,
+    /// or an API key: key:NAME (registered), key:FINGERPRINT (or its first hex digits).
     pub key: String,
 }
 
 pub async fn run(args: InspectArgs) -> Result<(), Failure> {
-    let key = parse_key(&args.key)?;
     let query = InspectQuery {
-        key: key.to_string(),
+        key: parse_key(&args.key)?,
     };
     let info: KeyInfo = args.api.client().get(INSPECT_PATH, &query).await?;
     if args.api.json {
         return print_json(&info);
     }
-    let rows = [
-        ("key", info.key.clone()),
-        ("rule", info.rule.clone()),
+    let mut rows = vec![("key", info.key.clone())];
+    let dropped = match &info.api_key {
+        Some(api) => {
+            rows.push((
+                "name",
+                api.name
+                    .clone()
+                    .unwrap_or_else(|| "(not registered)".into()),
+            ));
+            rows.push(("fingerprint", api.fingerprint.clone()));
+            rows.push((
+                "plan",
+                api.plan.clone().unwrap_or_else(|| "[http] default".into()),
+            ));
+            (
+                "rejected",
+                format!("{} (answered 429 Too Many Requests)", info.dropped),
+            )
+        }
+        None => {
+            rows.push(("rule", info.rule.clone()));
+            ("dropped", info.dropped.to_string())
+        }
+    };
+    rows.extend([
         ("rate", format!("{}/s", info.rate)),
         ("burst", info.burst.to_string()),
         ("remaining", info.remaining.to_string()),
         ("exhausted", table::yes_no(info.exhausted).to_owned()),
         ("retry after", table::retry_after(info.retry_after_ms)),
         ("passed", info.passed.to_string()),
-        ("dropped", info.dropped.to_string()),
+        dropped,
         (
             "would drop",
             format!(
@@ -36,7 +58,7 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
                 info.would_drop
             ),
         ),
-    ];
+    ]);
     for (name, value) in rows {
         println!("{name:<13}{value}");
     }

@@ -1,5 +1,5 @@
 use super::{table, ApiArgs};
-use crate::api::{KeyInfo, ListQuery, SortBy, KEYS_PATH};
+use crate::api::{KeyInfo, KeyKind, ListQuery, SortBy, KEYS_PATH};
 use crate::exit::Failure;
 
 #[derive(Debug, clap::Args)]
@@ -15,6 +15,9 @@ pub struct ListArgs {
     /// Order by: most dropped, or most passed (default: by key).
     #[arg(long, value_enum)]
     pub sort: Option<SortBy>,
+    /// Only keys of this kind: source addresses, or API keys (see also `limiter keys`).
+    #[arg(long, value_enum)]
+    pub kind: Option<KeyKind>,
 }
 
 pub async fn run(args: ListArgs) -> Result<(), Failure> {
@@ -23,6 +26,7 @@ pub async fn run(args: ListArgs) -> Result<(), Failure> {
         top: args.top,
         sort: args.sort,
         prefix: None,
+        kind: args.kind,
     };
     if args.api.json {
         // Straight through: a million keys never sit in this process.

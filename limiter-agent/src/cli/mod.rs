@@ -2,6 +2,7 @@
 
 pub mod detach;
 pub mod inspect;
+pub mod keys;
 pub mod list;
 pub mod overrides;
 pub mod reload;
@@ -58,7 +59,9 @@ impl From<ClientError> for Failure {
             ClientError::Refused { code, message } => match code {
                 ErrorCode::BadRequest | ErrorCode::AmbiguousKey => Failure::Usage(message),
                 ErrorCode::NotTracked => Failure::NotTracked(message),
-                ErrorCode::NoSuchOverride => Failure::NoSuchOverride(message),
+                ErrorCode::NoSuchOverride | ErrorCode::NoSuchKey => {
+                    Failure::NothingToRemove(message)
+                }
                 ErrorCode::ReloadRefused
                 | ErrorCode::Capacity
                 | ErrorCode::Internal
@@ -69,8 +72,22 @@ impl From<ClientError> for Failure {
     }
 }
 
-/// Validates a KEY on the command line before anything is sent.
-fn parse_key(text: &str) -> Result<limiter_common::key::Prefix, Failure> {
+/// Validates a KEY on the command line before anything is sent: an address or prefix, or
+/// `key:NAME` / `key:FINGERPRINT` of an API key (which the agent resolves).
+fn parse_key(text: &str) -> Result<String, Failure> {
+    if let Some(rest) = text.strip_prefix("key:") {
+        if rest.is_empty() {
+            return Err(Failure::Usage(
+                "key: needs a name or a fingerprint, such as key:acme".to_owned(),
+            ));
+        }
+        return Ok(text.to_owned());
+    }
     text.parse()
-        .map_err(|err: limiter_common::key::PrefixError| Failure::Usage(err.to_string()))
+        .map(|p: limiter_common::key::Prefix| p.to_string())
+        .map_err(|err: limiter_common::key::PrefixError| {
+            Failure::Usage(format!(
+                "{err}; or key:NAME / key:FINGERPRINT for an API key"
+            ))
+        })
 }

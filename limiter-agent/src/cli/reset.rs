@@ -7,7 +7,8 @@ use crate::exit::Failure;
 pub struct ResetArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// Addresses or prefixes; every tracked key they overlap gets a full bucket.
+    /// Addresses or prefixes (every tracked key they overlap gets a full bucket), or API keys:
+    /// key:NAME, key:FINGERPRINT.
     #[arg(value_name = "KEY")]
     pub keys: Vec<String>,
     /// Every key that is exhausted right now.
@@ -22,7 +23,7 @@ pub async fn run(args: ResetArgs) -> Result<(), Failure> {
     let keys = args
         .keys
         .iter()
-        .map(|k| parse_key(k).map(|p| p.to_string()))
+        .map(|k| parse_key(k))
         .collect::<Result<Vec<_>, _>>()?;
     let request = ResetRequest {
         keys,

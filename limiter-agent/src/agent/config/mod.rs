@@ -1,9 +1,11 @@
 //! The agent's TOML configuration: parsing, validation with file and line, and the embedded
 //! default.
 
+mod http;
 mod webhook;
 
 pub use crate::api::Action;
+pub use http::{check_plan_name, HttpSection, Plan};
 pub use webhook::WebhookUrl;
 
 use limiter_common::bucket::{Limit, NANOS_PER_SEC};
@@ -48,6 +50,10 @@ pub struct Config {
     pub agent: AgentSection,
     #[serde(default)]
     pub alerts: Alerts,
+    /// API keys: absent, requests are limited by their source only.
+    pub http: Option<HttpSection>,
+    #[serde(default)]
+    pub plans: Vec<toml::Spanned<Plan>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -389,6 +395,43 @@ impl Config {
                 ));
             }
         }
+        if let Some(http) = &self.http {
+            if let Err(why) = http.check() {
+                return Err(invalid(line_of(text, "[http]"), format!("[http] {why}")));
+            }
+        }
+        for (i, spanned) in self.plans.iter().enumerate() {
+            let plan = spanned.get_ref();
+            let line = line_at(text, spanned.span().start);
+            if self.http.is_none() {
+                return Err(invalid(
+                    line,
+                    "[[plans]] are limits for API keys: they need [http] (its ports and key \
+                     headers)"
+                        .to_owned(),
+                ));
+            }
+            plan.check().map_err(|why| invalid(line, why))?;
+            if self.plans[..i]
+                .iter()
+                .any(|p| p.get_ref().name == plan.name)
+            {
+                return Err(invalid(
+                    line,
+                    format!("the plan name '{}' is used twice", plan.name),
+                ));
+            }
+        }
+        if self.plans.len() > http::PLANS_AT_MOST {
+            return Err(invalid(
+                line_of(text, "[[plans]]"),
+                format!(
+                    "{} plans: at most {}",
+                    self.plans.len(),
+                    http::PLANS_AT_MOST
+                ),
+            ));
+        }
         if let Some(url) = &self.alerts.webhook {
             if let Err(why) = WebhookUrl::parse(url) {
                 return Err(invalid(
@@ -422,6 +465,16 @@ impl Config {
                 }
             })
             .collect()
+    }
+
+    /// The plan named `name` and its slot (1 …; 0 is `[http]`'s default), if configured.
+    pub fn plan(&self, name: &str) -> Option<(u32, &Plan)> {
+        self.plans
+            .iter()
+            .map(toml::Spanned::get_ref)
+            .enumerate()
+            .find(|(_, p)| p.name == name)
+            .map(|(i, p)| (i as u32 + 1, p))
     }
 
     /// The default limit as the datapath applies it.

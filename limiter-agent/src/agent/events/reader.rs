@@ -122,11 +122,16 @@ impl Reader {
 
     fn handle(&mut self, event: &ExhaustionEvent) {
         self.state.exhaustion_events.fetch_add(1, Ordering::Relaxed);
-        let key = Prefix::from_bucket_key(&event.key).map_or_else(
-            || format!("(address family {})", event.key.family),
-            |prefix| prefix.to_string(),
-        );
-        let rule = self.rule_name(event.key.rule_id);
+        let (key, rule) = match limiter_common::charge::api_key_hash(&event.key) {
+            Some(hash) => self.state.datapath().api().names(hash),
+            None => (
+                Prefix::from_bucket_key(&event.key).map_or_else(
+                    || format!("(address family {})", event.key.family),
+                    |prefix| prefix.to_string(),
+                ),
+                self.rule_name(event.key.rule_id),
+            ),
+        };
         let interface = self
             .state
             .interfaces

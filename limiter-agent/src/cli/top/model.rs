@@ -63,6 +63,7 @@ pub(super) async fn poll(client: &ApiClient, filter: Option<&Prefix>) -> Result<
         top: Some(KEYS_PER_POLL),
         sort: Some(sort),
         prefix: filter.map(Prefix::to_string),
+        kind: None,
     };
     let by_drops = query(SortBy::Drops);
     let by_passed = query(SortBy::Passed);

@@ -21,6 +21,8 @@ use ratatui::backend::TestBackend;
 fn key(name: &str, passed: u64, dropped: u64) -> KeyInfo {
     KeyInfo {
         key: name.to_owned(),
+        kind: Default::default(),
+        api_key: None,
         rule: "default".to_owned(),
         rate: 100,
         burst: 200,
