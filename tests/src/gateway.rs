@@ -277,6 +277,11 @@ impl Connection {
         }
     }
 
+    /// Sends `bytes` as they are (not a request: a TLS ClientHello, say).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("sending");
+    }
+
     /// Whether the server closed the connection (EOF within 5 s, nothing more sent).
     pub fn closed_by_server(&mut self) -> bool {
         let mut byte = [0u8; 1];

@@ -371,6 +371,16 @@ fn bad_input_to_keys_changes_nothing() {
     );
     let inspect = bed.agent.json(&["inspect", "key:acme"]);
     assert_eq!(u64_of(&inspect, "passed"), 1);
+    // TLS on a cleartext port: passed untouched, counted, and the agent says so once.
+    let mut tls = Connection::open(&bed.net, bed.client(0));
+    tls.send_raw(b"\x16\x03\x01\x00\xf4\x01\x00\x00\xf0\x03\x03");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bed.agent.log().contains("TLS handshakes arrive") {
+        assert!(Instant::now() < deadline, "no log line on TLS: {}", bed.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(u64_of(&bed.agent.json(&["status"]), "tls_handshakes"), 1);
+
     // Forgotten: its requests fall back to the default, under its fingerprint.
     assert_eq!(bed.agent.cli(&["keys", "rm", "acme"]).code, 0);
     let out = bed.agent.cli(&["inspect", "key:acme"]);

@@ -1,7 +1,8 @@
 //! Key turnover: warns when keys are created as fast as the table holds them (a flood from ever
 //! new sources, with no bound on key creation), and logs, in few lines, the first packets of new
-//! keys refused under `[agent] new_keys_per_sec`. Not exhaustion events: a task of its own, once
-//! a second, on the kernel's counters (a handle of its own on the pinned map, no lock taken).
+//! keys refused under `[agent] new_keys_per_sec`; and says once when TLS handshakes reach the
+//! ports `[http]` reads as cleartext. Not exhaustion events: a task of its own, once a second,
+//! on the kernel's counters (a handle of its own on the pinned map, no lock taken).
 
 use super::config::Config;
 use super::datapath::{open_counters, CounterSums};
@@ -38,6 +39,8 @@ struct Turnover {
     refused_since: Option<Instant>,
     /// When refused new keys were last logged.
     refused_logged: Option<Instant>,
+    /// TLS handshakes on `[http]` ports were logged (once per agent run).
+    tls_logged: bool,
 }
 
 /// Starts the task; its own handle on the pinned COUNTERS map is opened now, so that a failure
@@ -52,6 +55,7 @@ pub fn spawn(pin_path: &Path, config: watch::Receiver<Arc<Config>>) -> anyhow::R
         refused: 0,
         refused_since: None,
         refused_logged: None,
+        tls_logged: false,
     };
     turnover.poll();
     tokio::spawn(async move {
@@ -84,6 +88,24 @@ impl Turnover {
             self.watch(now.0.wrapping_sub(seen.0), now.1.wrapping_sub(seen.1));
         }
         self.seen = Some(now);
+        let tls = totals.get(Counter::TlsHandshakes);
+        if tls > 0 && !self.tls_logged {
+            let ports = self
+                .config
+                .borrow()
+                .http
+                .as_ref()
+                .map(|h| format!("{:?}", h.ports()))
+                .unwrap_or_default();
+            warn!(
+                handshakes = tls,
+                "TLS handshakes arrive on the [http] ports {ports}: the limiter reads cleartext \
+                 HTTP/1.x only, so these connections pass untouched, limited by their source \
+                 alone (counted as tls_handshakes); point [http] ports at the cleartext leg \
+                 behind the TLS terminator"
+            );
+            self.tls_logged = true;
+        }
     }
 
     /// Warns, at most once per [`TURNOVER_WARNING_INTERVAL`], when the keys created over the

@@ -658,6 +658,61 @@ mod tests {
     }
 
     #[test]
+    fn http_and_plans_are_checked() {
+        let ok = "[http]\nports = [80, 8080]\n\n[[plans]]\nname = \"pro\"\nrate = 100\nburst = 200\n";
+        let config = Config::parse(ok, "test.toml").unwrap();
+        let http = config.http.as_ref().unwrap();
+        assert_eq!(http.ports(), [80, 8080]);
+        assert_eq!(http.key_headers, ["x-api-key", "authorization"]);
+        assert_eq!((http.rate.get(), http.burst.get()), (10, 20));
+        assert_eq!(config.plan("pro").map(|(slot, _)| slot), Some(1));
+        let cases = [
+            ("[http]\nports = [0]\n", "line 1", "not a TCP port"),
+            ("[http]\nports = [70000]\n", "line 1", "not a TCP port"),
+            ("[http]\nports = []\n", "line 1", "1 to 8 TCP ports"),
+            ("[http]\nports = [80, 80]\n", "line 1", "twice"),
+            ("[http]\nrate = 5\n", "line 1", "missing field `ports`"),
+            (
+                "[http]\nports = [80]\nkey_headers = [\"x api key\"]\n",
+                "line 1",
+                "letters, digits",
+            ),
+            (
+                "[http]\nports = [80]\nkey_headers = [\"a\", \"b\", \"c\"]\n",
+                "line 1",
+                "one or two key headers",
+            ),
+            ("[http]\nports = [80]\nburst = 0\n", "line 3", "nonzero"),
+            ("[http]\nports = [80]\nquota = 5\n", "line 3", "unknown field `quota`"),
+            (
+                "[[plans]]\nname = \"pro\"\nrate = 1\nburst = 1\n",
+                "line 1",
+                "need [http]",
+            ),
+            (
+                "[http]\nports = [80]\n[[plans]]\nname = \"p\"\nrate = 1\nburst = 1\n[[plans]]\nname = \"p\"\nrate = 2\nburst = 2\n",
+                "line 7",
+                "used twice",
+            ),
+            (
+                "[http]\nports = [80]\n[[plans]]\nname = \"no spaces\"\nrate = 1\nburst = 1\n",
+                "line 3",
+                "plan name",
+            ),
+            (
+                "[http]\nports = [80]\n[[plans]]\nname = \"default\"\nrate = 1\nburst = 1\n",
+                "line 3",
+                "[http] default",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let err = invalid(text);
+            assert!(err.contains(line), "expected {line} in: {err}");
+            assert!(err.contains(what), "expected {what} in: {err}");
+        }
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_file_and_line() {
         let cases = [
             (
