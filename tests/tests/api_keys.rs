@@ -309,10 +309,7 @@ fn keep_alive_several_sources_and_no_leftover_connections() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = bed.agent.json(&["status"]);
-    assert!(
-        u64_of(&status, "rejected") > rejected as u64,
-        "{status}"
-    );
+    assert!(u64_of(&status, "rejected") > rejected as u64, "{status}");
     assert!(
         u64_of(&status, "gateway_resets") >= rejected as u64,
         "{status}"
@@ -376,7 +373,11 @@ fn bad_input_to_keys_changes_nothing() {
     tls.send_raw(b"\x16\x03\x01\x00\xf4\x01\x00\x00\xf0\x03\x03");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !bed.agent.log().contains("TLS handshakes arrive") {
-        assert!(Instant::now() < deadline, "no log line on TLS: {}", bed.agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no log line on TLS: {}",
+            bed.agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(u64_of(&bed.agent.json(&["status"]), "tls_handshakes"), 1);

@@ -26,9 +26,12 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use limiter_common::bucket::{Limit, FULL_BUCKET_TAT};
+use limiter_common::http::{Answer, KeyHeaders};
+use limiter_common::keyhash::KeyHasher;
 use limiter_common::maps::{
-    counter_index, BucketKey, BucketState, Counter, DatapathConfig, BUCKETS_MAP, CONFIG_MAP,
-    COUNTERS_MAP, DEFAULT_RULE_ID, FAMILY_IPV4, FAMILY_IPV6, LIMITER_PROG,
+    counter_index, ApiKeyEntry, BucketKey, BucketState, Counter, DatapathConfig, HttpConfig,
+    ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP, DEFAULT_RULE_ID,
+    FAMILY_IPV4, FAMILY_IPV6, LIMITER_PROG,
 };
 use limiter_tests::agent::{ensure_bpffs, TEST_BPFFS};
 use limiter_tests::frame;
@@ -69,6 +72,7 @@ const PER_NET: u32 = 1 << 16;
 /// XDP verdicts.
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 
 const SECTION: &str = "## Per-packet program cost";
 
@@ -87,6 +91,16 @@ const RESIDENT_HIT: usize = 3;
 const RESIDENT_HIT_V6: usize = 4;
 const NEW_SPARSE: usize = 5;
 const NEW_FULL: usize = 6;
+const HTTP_KEYED: usize = 7;
+const HTTP_KEYLESS: usize = 8;
+const HTTP_429: usize = 9;
+
+/// The API keys of the HTTP arms: one at a limit no run reaches, one registered on a plan of
+/// 1/s that every run is over.
+const TOKEN_WITHIN: &[u8] = b"k-7f3a9c21d4e8b6f0";
+const TOKEN_OVER: &[u8] = b"k-over-the-limit-01";
+const HTTP_SECRET: [u64; 2] = [0x5eed_0001, 0x5eed_0002];
+const HTTP_PORT: u16 = 8080;
 
 pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -167,6 +181,9 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     )?;
     let limiter = objects.join("limiter");
     let sparse = Limiter::load(&limiter, bpffs, "sparse", DEFAULT_MAX_KEYS, cost_config())?;
+    // API keys: source limits no run reaches, so every request gets to its key.
+    let mut http = Limiter::load(&limiter, bpffs, "http", DEFAULT_MAX_KEYS, http_config())?;
+    http.serve_api_keys()?;
     // Full: as many keys tracked as the map holds, so that a new key evicts one.
     let resident = Limiter::load(&limiter, bpffs, "resident", plan.resident, cost_config())?;
     let spare = spare_keys(&plan);
@@ -291,7 +308,31 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             resident.program()?,
             XDP_PASS,
         ),
+        Arm::new(
+            "limiter, HTTP request with an API key",
+            "400 B, key header mid-way: scanned, hashed, charged to its key: passed",
+            http.program()?,
+            XDP_PASS,
+        ),
+        Arm::new(
+            "limiter, HTTP request without a key",
+            "400 B, no key header: scanned to the end of its headers, passed",
+            http.program()?,
+            XDP_PASS,
+        ),
+        Arm::new(
+            "limiter, HTTP request over its key's limit",
+            "the same request, its key exhausted: the frame becomes the 429 (XDP_TX)",
+            http.program()?,
+            XDP_TX,
+        ),
     ];
+    let mut requests = [
+        http_request(Some(TOKEN_WITHIN)),
+        http_request(None),
+        http_request(Some(TOKEN_OVER)),
+    ];
+    let mut request_seq = 0u32;
 
     let mut steady_results: Vec<ArmResult> = steady.iter().map(|_| ArmResult::new()).collect();
     let mut single_results: Vec<ArmResult> = single.iter().map(|_| ArmResult::new()).collect();
@@ -351,7 +392,17 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                     NEW_SPARSE | NEW_FULL => in_net(NEW_KEY_NET, new_key),
                     _ => HOT_SOURCE,
                 };
-                let frame = if a == RESIDENT_HIT_V6 {
+                let frame = if (HTTP_KEYED..=HTTP_429).contains(&a) {
+                    // A new connection each run: a request repeated on one would be taken for a
+                    // retransmission, and one after a 429 for the rest of a dead connection.
+                    request_seq = request_seq.wrapping_add(1);
+                    let port = 1024 + (request_seq % 60_000) as u16;
+                    let request = &mut requests[a - HTTP_KEYED];
+                    request[TCP_SPORT_AT..TCP_SPORT_AT + 2].copy_from_slice(&port.to_be_bytes());
+                    request[TCP_SEQ_AT..TCP_SEQ_AT + 4]
+                        .copy_from_slice(&request_seq.wrapping_mul(7919).to_be_bytes());
+                    &*request
+                } else if a == RESIDENT_HIT_V6 {
                     let host = (rng.next() % u64::from(v6_pool)) as u32;
                     set_source_v6(&mut packet_v6, in_v6_net(host));
                     &packet_v6
@@ -397,6 +448,22 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     }
     if insert_failed != 0 {
         checks.push(format!("{insert_failed} bucket inserts failed"));
+    }
+    let runs = |arm: usize| single_results[arm].runs;
+    for (counter, want) in [
+        (Counter::KeyedRequests, runs(HTTP_KEYED) + runs(HTTP_429)),
+        (Counter::KeylessRequests, runs(HTTP_KEYLESS)),
+        (Counter::Rejected, runs(HTTP_429)),
+        (Counter::Retransmits, 0),
+        (Counter::AnswersFailed, 0),
+    ] {
+        let got = http.counter(counter)?;
+        if got != want {
+            checks.push(format!(
+                "the HTTP limiter counted {got} {}, expected {want}",
+                counter.name()
+            ));
+        }
     }
     let machine = Machine::read(load_before);
 
@@ -666,7 +733,94 @@ fn cost_config() -> DatapathConfig {
     }
 }
 
+/// The HTTP arms' configuration: source limits no run reaches, `[http]` on HTTP_PORT with
+/// keys at a limit no run reaches either (the registered one aside).
+fn http_config() -> DatapathConfig {
+    let mut http = HttpConfig::OFF;
+    http.key_headers =
+        KeyHeaders::new(&[b"x-api-key", b"authorization"]).expect("valid key headers");
+    http.default_limit = Limit::new(1_000_000_000, 1_000_000_000);
+    http.secret = HTTP_SECRET;
+    http.ports[0] = HTTP_PORT;
+    http.port_count = 1;
+    DatapathConfig {
+        default_limit: Limit::new(1_000_000_000, 1_000_000_000),
+        flags: CONFIG_HTTP,
+        http,
+        ..cost_config()
+    }
+}
+
+/// Where a TCP segment's source port and sequence number are in the frames of
+/// [`http_request`].
+const TCP_SPORT_AT: usize = 14 + 20;
+const TCP_SEQ_AT: usize = 14 + 20 + 4;
+
+/// A 400-byte request from the test bed's hot source to HTTP_PORT (TCP with timestamps), its
+/// key header (`X-API-Key: token`) mid-way, or none.
+fn http_request(token: Option<&[u8]>) -> Vec<u8> {
+    let mut request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\n\
+        User-Agent: bench/1.0\r\nAccept: application/json\r\nContent-Type: application/json\r\n"
+        .to_vec();
+    request.extend_from_slice(b"X-Request-Id: 5d1c0f3e-8b47-4a8e-9c1d-2f6a0b9e7d35\r\n");
+    match token {
+        Some(token) => {
+            request.extend_from_slice(b"X-API-Key: ");
+            request.extend_from_slice(token);
+        }
+        None => request.extend_from_slice(b"X-Trace: none"),
+    }
+    request.extend_from_slice(b"\r\nAccept-Encoding: gzip, deflate, br\r\nCookie: session=");
+    request.resize(400 - 4, b'c');
+    request.extend_from_slice(b"\r\n\r\n");
+    let timestamps = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let tcp = frame::Tcp {
+        src_port: 40000,
+        dst_port: HTTP_PORT,
+        seq: 1,
+        ack: 1,
+        flags: 0x18,
+        options: &timestamps,
+    }
+    .segment(&request);
+    let mut ip = frame::Ipv4::udp(HOT_SOURCE, DESTINATION);
+    ip.proto = frame::IPPROTO_TCP;
+    ip.frag = 0x4000;
+    test_bed_frame(frame::ETH_P_IPV4, &ip.packet(&tcp))
+}
+
 impl Limiter {
+    /// Writes the HTTP arms' 429 and registers TOKEN_OVER at 1/s, burst 1.
+    fn serve_api_keys(&mut self) -> anyhow::Result<()> {
+        let mut answers: aya::maps::Array<_, Answer> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).context("no ANSWERS map")?)?;
+        answers.set(0, Answer::render("default", 1, 1), 0)?;
+        let mut keys: aya::maps::HashMap<_, u64, ApiKeyEntry> = aya::maps::HashMap::try_from(
+            self.ebpf.map_mut(API_KEYS_MAP).context("no API_KEYS map")?,
+        )?;
+        let mut hasher = KeyHasher::new(HTTP_SECRET[0], HTTP_SECRET[1]);
+        hasher.write(TOKEN_OVER);
+        let entry = ApiKeyEntry {
+            limit: Limit::new(1, 1),
+            plan: 0,
+            _pad: 0,
+        };
+        let hash = hasher.finish();
+        keys.insert(hash, entry, 0)?;
+        // Exhausted for the whole run: a TAT far ahead.
+        let over = BucketState {
+            tat_ns: u64::MAX / 2,
+            ..BucketState::default()
+        };
+        self.write_bucket(limiter_common::charge::api_key(hash), over)
+    }
+
+    fn write_bucket(&self, key: BucketKey, state: BucketState) -> anyhow::Result<()> {
+        let map = MapData::from_pin(self.pin_dir.join(BUCKETS_MAP))?;
+        update_batch(map.fd().as_fd().as_raw_fd(), &[key], &[state])
+            .with_context(|| format!("writing {BUCKETS_MAP}"))
+    }
+
     /// Loads the object at `path` with a bucket map of `max_keys` entries, its maps pinned in
     /// `bpffs` under a directory named after `name`, and writes `config`.
     pub(crate) fn load(
@@ -1025,6 +1179,7 @@ fn verdict_name(verdict: u32) -> &'static str {
     match verdict {
         XDP_DROP => "drop",
         XDP_PASS => "pass",
+        XDP_TX => "tx (429)",
         _ => "other",
     }
 }

@@ -1,8 +1,11 @@
 //! `cargo xtask demo`: the real agent on a private veth pair with the embedded default config
-//! scaled down, a polite client and three flooding ones, then what was limited and a reset.
+//! scaled down, a polite client and three flooding ones, then what was limited and a reset;
+//! then API keys: a real nginx behind the agent, a keyed client over its plan getting 429s from
+//! the kernel, what the operator sees, and a reset bringing the 200s back.
 
 use anyhow::bail;
 use limiter_tests::agent::{is_bpffs, Agent, TEST_BPFFS};
+use limiter_tests::gateway::{get_once, ClientPass, Nginx, Response};
 use limiter_tests::netns::TestNet;
 use limiter_tests::traffic::{BackgroundFlood, Receiver};
 use std::path::Path;
@@ -21,6 +24,28 @@ ipv6_prefix = 64
 [agent]
 max_keys = 1000000
 ";
+
+/// The second part: API keys on port 8080, where nginx listens.
+const HTTP_CONFIG: &str = "\
+[limits]
+rate = 1000        # source limits well above what the keyed clients send
+burst = 2000
+
+[http]
+ports = [8080]     # cleartext HTTP/1.x to the gateway
+key_headers = [\"x-api-key\", \"authorization\"]
+rate = 5           # requests per second of a key without a plan
+burst = 5
+
+[[plans]]
+name = \"starter\"
+rate = 1
+burst = 5
+";
+
+/// The demo's API key tokens (made up; they never appear in any output).
+const ACME_TOKEN: &str = "demo-acme-5b1e07c2";
+const OTHER_TOKEN: &str = "demo-other-9d3f";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -114,9 +139,91 @@ fn demo() -> anyhow::Result<()> {
     show(&agent, &["list", "--sort", "drops"]);
     check_interrupted()?;
 
-    step("cleaning up: agent stopped, namespaces, veth and pins removed");
     drop(agent);
+    api_keys(&net)?;
+
+    step("cleaning up: agents stopped, nginx stopped, namespaces, veth and pins removed");
     drop(net);
     println!("done");
+    Ok(())
+}
+
+/// `limiter keys add NAME --plan PLAN`, the token on standard input, as an operator types it.
+fn add_key(agent: &Agent, name: &str, plan: &str, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    println!("\n\x1b[36m$ printf '%s' \"$TOKEN\" | limiter keys add {name} --plan {plan}\x1b[0m");
+    let mut child = std::process::Command::new(limiter_tests::limiter_bin())
+        .args(["keys", "add", name, "--plan", plan, "--api-socket"])
+        .arg(&agent.socket)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(token.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("limiter keys add failed");
+    }
+    Ok(())
+}
+
+/// `count` requests with `header`, each on a connection of its own; their statuses on a line.
+fn requests(net: &TestNet, from: usize, header: &str, count: usize) -> Vec<Response> {
+    let from = std::net::IpAddr::V4(net.client_addrs[from]);
+    let answers: Vec<Response> = (0..count)
+        .map(|_| get_once(net, from, Some(header)))
+        .collect();
+    let statuses: Vec<String> = answers.iter().map(|r| r.status.to_string()).collect();
+    println!("{}", statuses.join(" "));
+    answers
+}
+
+fn api_keys(net: &TestNet) -> anyhow::Result<()> {
+    step("API keys: nginx on 198.18.0.1:8080 behind the agent, [http] on that port");
+    let nginx = Nginx::start(net);
+    // The clients' veth needs an XDP program of its own to receive the kernel's 429s (a veth
+    // drops XDP_TX frames otherwise; a real NIC does not need this).
+    let _pass = ClientPass::attach(net);
+    print!("{HTTP_CONFIG}");
+    let agent = Agent::start(net, Some(HTTP_CONFIG));
+    add_key(&agent, "acme", "starter", ACME_TOKEN)?;
+    check_interrupted()?;
+
+    step("acme (plan starter: 5 at once, then 1/s) sends 12 requests in a row");
+    let acme = format!("X-API-Key: {ACME_TOKEN}");
+    let answers = requests(net, 0, &acme, 12);
+    if let Some(rejected) = answers.iter().find(|r| r.status == 429) {
+        println!("\none of the 429s, as the client got it (from the kernel, not from nginx):");
+        println!("HTTP/1.1 429 Too Many Requests");
+        for (name, value) in &rejected.headers {
+            println!("{name}: {value}");
+        }
+        println!("\n{}", String::from_utf8_lossy(&rejected.body).trim_end());
+    }
+    step("a key nobody registered (the [http] default: 5 at once, 5/s), as a Bearer token");
+    requests(net, 1, &format!("Authorization: Bearer {OTHER_TOKEN}"), 4);
+    check_interrupted()?;
+
+    step("what the operator sees: names and fingerprints, never a token");
+    show(&agent, &["keys"]);
+    show(&agent, &["inspect", "key:acme"]);
+    let logged = nginx.logged_statuses();
+    println!(
+        "\nnginx's access log: {} requests, all {}: the 429s never reached it",
+        logged.len(),
+        if logged.iter().all(|s| *s == 200) {
+            "200"
+        } else {
+            "not 200"
+        }
+    );
+
+    step("give acme its burst back");
+    show(&agent, &["reset", "key:acme"]);
+    requests(net, 0, &acme, 7);
+    check_interrupted()?;
+    drop(agent);
+    drop(nginx);
     Ok(())
 }

@@ -659,7 +659,8 @@ mod tests {
 
     #[test]
     fn http_and_plans_are_checked() {
-        let ok = "[http]\nports = [80, 8080]\n\n[[plans]]\nname = \"pro\"\nrate = 100\nburst = 200\n";
+        let ok =
+            "[http]\nports = [80, 8080]\n\n[[plans]]\nname = \"pro\"\nrate = 100\nburst = 200\n";
         let config = Config::parse(ok, "test.toml").unwrap();
         let http = config.http.as_ref().unwrap();
         assert_eq!(http.ports(), [80, 8080]);
