@@ -110,14 +110,32 @@ struct Tcp {
 /// Handles a packet that passed its source's limit when `[http]` is set: `None` when it goes
 /// on as any passed packet, else the action (counted here).
 #[inline(always)]
-pub fn on_passed(
-    ctx: &XdpContext,
-    config: &DatapathConfig,
-    l3: usize,
-    ipv6: bool,
-    now: u64,
-    dry_run: bool,
-) -> Option<u32> {
+pub fn on_passed(ctx: &XdpContext, config: &DatapathConfig, packet: &Passed) -> u32 {
+    handle(ctx, config, packet).unwrap_or(GO_ON)
+}
+
+/// What [`on_passed`] answers when the packet goes on as any passed packet.
+pub const GO_ON: u32 = u32::MAX;
+
+/// A packet that passed its source's limit.
+#[derive(Clone, Copy)]
+pub struct Passed {
+    /// Where its IP header starts.
+    pub l3: usize,
+    pub ipv6: bool,
+    /// The clock the source's bucket was charged at.
+    pub now: u64,
+    pub dry_run: bool,
+}
+
+#[inline(always)]
+fn handle(ctx: &XdpContext, config: &DatapathConfig, packet: &Passed) -> Option<u32> {
+    let Passed {
+        l3,
+        ipv6,
+        now,
+        dry_run,
+    } = *packet;
     let scratch = HTTP_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU array value of this run: no other CPU touches it, and nothing else in
     // this run holds a reference to it.
@@ -133,7 +151,8 @@ pub fn on_passed(
         return None;
     }
     let seq = scratch.segment.seq;
-    if let Some(state) = FLOWS.get_ptr_mut(&tcp.flow) {
+    let known = FLOWS.get_ptr_mut(&tcp.flow);
+    if let Some(state) = known {
         // SAFETY: a lookup in FLOWS of this run; only its plain fields are read and written
         // (two CPUs racing on one connection's segments is a client's own doing).
         let state = unsafe { &mut *state };
@@ -160,7 +179,20 @@ pub fn on_passed(
     if tcp.payload_len == 0 {
         return None;
     }
-    request(ctx, config, &tcp, scratch, now, dry_run)
+    request(ctx, config, &tcp, known, scratch, now, dry_run)
+}
+
+/// Remembers what was decided for the connection's request: in place when the connection is
+/// known already (a keep-alive connection's next request), else a new entry.
+#[inline(always)]
+fn remember(flow: &FlowKey, known: Option<*mut FlowState>, decided: FlowState) {
+    match known {
+        // SAFETY: the lookup of this run (see `handle`).
+        Some(state) => unsafe { *state = decided },
+        None => {
+            let _ = FLOWS.insert(flow, &decided, 0);
+        }
+    }
 }
 
 /// A segment with payload that may start a request: scan, hash, charge, answer.
@@ -169,6 +201,7 @@ fn request(
     ctx: &XdpContext,
     config: &DatapathConfig,
     tcp: &Tcp,
+    known: Option<*mut FlowState>,
     scratch: &mut Scratch,
     now: u64,
     dry_run: bool,
@@ -247,7 +280,7 @@ fn request(
     };
     let retry_s = match charge_key(ctx, config, &key, &limit, now, dry_run) {
         Decision::Pass | Decision::Untracked => {
-            let _ = FLOWS.insert(&tcp.flow, &decided(FLOW_PASSED, 0), 0);
+            remember(&tcp.flow, known, decided(FLOW_PASSED, 0));
             return None;
         }
         Decision::Over(tat) => retry_seconds(tat, now, &limit),
@@ -257,7 +290,7 @@ fn request(
         count(Counter::WouldDrop);
         return Some(xdp_action::XDP_PASS);
     }
-    let _ = FLOWS.insert(&tcp.flow, &decided(FLOW_ANSWERED, retry_s), 0);
+    remember(&tcp.flow, known, decided(FLOW_ANSWERED, retry_s));
     Some(answer(ctx, scratch, plan, retry_s))
 }
 

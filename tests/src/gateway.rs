@@ -25,16 +25,49 @@ pub struct Nginx {
     dir: tempfile::TempDir,
 }
 
+/// What an nginx of the test bed does besides serving `/ok.json` on the gateway's port.
+#[derive(Clone, Debug, Default)]
+pub struct NginxOptions {
+    /// Lines in `http { }` (a `limit_req_zone` …).
+    pub http: String,
+    /// Lines in `location / { }` (a `limit_req` …).
+    pub location: String,
+    /// Listen on 127.0.0.1:PORT instead of the gateway's addresses (behind a proxy).
+    pub loopback_port: Option<u16>,
+    /// Pin the worker to this CPU.
+    pub cpu: Option<usize>,
+    /// `listen … deferred` (TCP_DEFER_ACCEPT): a connection is accepted only once its first
+    /// data arrives.
+    pub deferred: bool,
+}
+
 impl Nginx {
     /// Starts nginx with one worker and waits until it accepts connections.
     pub fn start(net: &TestNet) -> Nginx {
+        Nginx::start_with(net, &NginxOptions::default())
+    }
+
+    /// Starts nginx with `options`.
+    pub fn start_with(net: &TestNet, options: &NginxOptions) -> Nginx {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let root = dir.path();
         std::fs::create_dir_all(root.join("www")).unwrap();
         std::fs::write(root.join("www/ok.json"), OK_BODY).unwrap();
+        let deferred = if options.deferred { " deferred" } else { "" };
+        let listen = match options.loopback_port {
+            Some(port) => format!("listen 127.0.0.1:{port}{deferred};"),
+            None => format!(
+                "listen 198.18.0.1:{GATEWAY_PORT}{deferred};\n        listen [2001:2::1]:{GATEWAY_PORT}{deferred};"
+            ),
+        };
+        let affinity = match options.cpu {
+            Some(cpu) => format!("worker_cpu_affinity {};", cpu_mask(cpu)),
+            None => String::new(),
+        };
         let conf = format!(
             "user root;
 worker_processes 1;
+{affinity}
 pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{ worker_connections 4096; }}
@@ -42,16 +75,21 @@ http {{
     access_log {root}/access.log;
     client_body_temp_path {root}/body;
     keepalive_timeout 75s;
-    keepalive_requests 100000;
+    keepalive_requests 1000000;
+    {http}
     server {{
-        listen 198.18.0.1:{GATEWAY_PORT};
-        listen [2001:2::1]:{GATEWAY_PORT};
+        {listen}
         root {root}/www;
         default_type application/json;
+        location / {{
+            {location}
+        }}
     }}
 }}
 ",
-            root = root.display()
+            root = root.display(),
+            http = options.http,
+            location = options.location,
         );
         std::fs::write(root.join("nginx.conf"), conf).unwrap();
         let child = Command::new("ip")
@@ -66,10 +104,14 @@ http {{
             .expect("running nginx (Debian nginx-light; `cargo xtask setup` installs it)");
         let mut nginx = Nginx { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
+        let (host, port) = match options.loopback_port {
+            Some(port) => ("127.0.0.1", port),
+            None => ("198.18.0.1", GATEWAY_PORT),
+        };
         loop {
             let up = net
                 .gateway
-                .run(|| std::net::TcpStream::connect(("198.18.0.1", GATEWAY_PORT)).is_ok());
+                .run(move || std::net::TcpStream::connect((host, port)).is_ok());
             if up {
                 return nginx;
             }
@@ -78,11 +120,19 @@ http {{
                 let _ = nginx.child.stderr.take().unwrap().read_to_string(&mut err);
                 panic!("nginx exited ({status}): {err}{}", nginx.error_log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "nginx does not accept connections after 10 s: {}",
-                nginx.error_log()
-            );
+            if Instant::now() >= deadline {
+                let listening = Command::new("ip")
+                    .args(["netns", "exec", &net.gateway.name, "ss", "-tln"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "nginx does not accept connections on {host}:{port} after 10 s: {}\nlistening \
+                     in {}: {listening}",
+                    nginx.error_log(),
+                    net.gateway.name
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -114,12 +164,46 @@ http {{
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }
+
+    /// The worker processes' pids (children of the master).
+    pub fn workers(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+/// nginx's `worker_cpu_affinity` mask of one CPU: `1` for CPU 0, `10` for CPU 1, …
+fn cpu_mask(cpu: usize) -> String {
+    let mut mask = "1".to_owned();
+    mask.push_str(&"0".repeat(cpu));
+    mask
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (a SIGKILL would orphan them); SIGKILL to
+    /// everything left after 5 s.
     fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let workers = self.workers();
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for worker in workers {
+            let _ = kill(Pid::from_raw(worker as i32), Signal::SIGKILL);
+        }
     }
 }
 
@@ -187,7 +271,12 @@ impl Connection {
             IpAddr::V4(_) => net.gateway_ip(),
             IpAddr::V6(_) => net.gateway_ip6(),
         };
-        let socket = net.clients.run(move || {
+        Connection::open_in(&net.clients.name, from, to)
+    }
+
+    /// Connects from `from` to `to`'s gateway port, in the namespace named `netns`.
+    pub fn open_in(netns: &str, from: IpAddr, to: IpAddr) -> Connection {
+        let socket = crate::netns::run_in(netns, move || {
             let domain = if from.is_ipv4() {
                 Domain::IPV4
             } else {
@@ -213,6 +302,11 @@ impl Connection {
             stream,
             buffer: Vec::new(),
         }
+    }
+
+    /// Like [`Connection::get`], `None` when the connection fails or closes first.
+    pub fn try_get(&mut self, header: Option<&str>) -> Option<Response> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get(header))).ok()
     }
 
     /// Sends `GET /ok.json` with `header` (such as `X-API-Key: T`) and reads the response.

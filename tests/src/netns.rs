@@ -35,16 +35,21 @@ impl Netns {
     /// Runs `work` on a thread that has entered this namespace. Sockets it creates stay in the
     /// namespace wherever they are used afterwards.
     pub fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
-            work()
-        })
-        .join()
-        .expect("the thread inside the namespace panicked")
+        run_in(&self.name, work)
     }
+}
+
+/// Runs `work` on a thread that has entered the namespace named `name` (see [`Netns::run`]).
+pub fn run_in<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+        work()
+    })
+    .join()
+    .expect("the thread inside the namespace panicked")
 }
 
 impl Drop for Netns {

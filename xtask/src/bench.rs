@@ -94,6 +94,7 @@ const NEW_FULL: usize = 6;
 const HTTP_KEYED: usize = 7;
 const HTTP_KEYLESS: usize = 8;
 const HTTP_429: usize = 9;
+const HTTP_KEEP_ALIVE: usize = 10;
 
 /// The API keys of the HTTP arms: one at a limit no run reaches, one registered on a plan of
 /// 1/s that every run is over.
@@ -326,12 +327,23 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             http.program()?,
             XDP_TX,
         ),
+        Arm::new(
+            "limiter, HTTP request with an API key, keep-alive",
+            "the first arm's request, the next one on the same connection each run",
+            http.program()?,
+            XDP_PASS,
+        ),
     ];
     let mut requests = [
         http_request(Some(TOKEN_WITHIN)),
         http_request(None),
         http_request(Some(TOKEN_OVER)),
+        http_request(Some(TOKEN_WITHIN)),
     ];
+    let mut keep_alive_seq = 1u32;
+    // A port the other arms' new connections never use (1024 to 61 023).
+    requests[HTTP_KEEP_ALIVE - HTTP_KEYED][TCP_SPORT_AT..TCP_SPORT_AT + 2]
+        .copy_from_slice(&65_000u16.to_be_bytes());
     let mut request_seq = 0u32;
 
     let mut steady_results: Vec<ArmResult> = steady.iter().map(|_| ArmResult::new()).collect();
@@ -392,7 +404,14 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                     NEW_SPARSE | NEW_FULL => in_net(NEW_KEY_NET, new_key),
                     _ => HOT_SOURCE,
                 };
-                let frame = if (HTTP_KEYED..=HTTP_429).contains(&a) {
+                let frame = if a == HTTP_KEEP_ALIVE {
+                    // The connection's next request: right after the last one.
+                    keep_alive_seq = keep_alive_seq.wrapping_add(HTTP_REQUEST_LEN);
+                    let request = &mut requests[a - HTTP_KEYED];
+                    request[TCP_SEQ_AT..TCP_SEQ_AT + 4]
+                        .copy_from_slice(&keep_alive_seq.to_be_bytes());
+                    &*request
+                } else if (HTTP_KEYED..=HTTP_429).contains(&a) {
                     // A new connection each run: a request repeated on one would be taken for a
                     // retransmission, and one after a 429 for the rest of a dead connection.
                     request_seq = request_seq.wrapping_add(1);
@@ -451,7 +470,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     }
     let runs = |arm: usize| single_results[arm].runs;
     for (counter, want) in [
-        (Counter::KeyedRequests, runs(HTTP_KEYED) + runs(HTTP_429)),
+        (
+            Counter::KeyedRequests,
+            runs(HTTP_KEYED) + runs(HTTP_429) + runs(HTTP_KEEP_ALIVE),
+        ),
         (Counter::KeylessRequests, runs(HTTP_KEYLESS)),
         (Counter::Rejected, runs(HTTP_429)),
         (Counter::Retransmits, 0),
@@ -756,6 +778,9 @@ fn http_config() -> DatapathConfig {
 const TCP_SPORT_AT: usize = 14 + 20;
 const TCP_SEQ_AT: usize = 14 + 20 + 4;
 
+/// Bytes of the requests of [`http_request`].
+const HTTP_REQUEST_LEN: u32 = 400;
+
 /// A 400-byte request from the test bed's hot source to HTTP_PORT (TCP with timestamps), its
 /// key header (`X-API-Key: token`) mid-way, or none.
 fn http_request(token: Option<&[u8]>) -> Vec<u8> {
@@ -771,7 +796,7 @@ fn http_request(token: Option<&[u8]>) -> Vec<u8> {
         None => request.extend_from_slice(b"X-Trace: none"),
     }
     request.extend_from_slice(b"\r\nAccept-Encoding: gzip, deflate, br\r\nCookie: session=");
-    request.resize(400 - 4, b'c');
+    request.resize(HTTP_REQUEST_LEN as usize - 4, b'c');
     request.extend_from_slice(b"\r\n\r\n");
     let timestamps = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
     let tcp = frame::Tcp {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_flood;
+mod bench_keys;
 mod bench_scale;
 mod demo;
 mod install;

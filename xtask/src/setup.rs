@@ -144,6 +144,10 @@ const BENCH_PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftool",
     "fonts-dejavu-core",
+    // The keyed flood: a gateway, its load generator, and the peers.
+    "nginx-light",
+    "wrk",
+    "haproxy",
 ];
 
 /// Installs what `cargo xtask bench` needs besides the build, when missing.

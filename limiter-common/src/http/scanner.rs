@@ -6,7 +6,7 @@ use super::{KeyHeaders, Scan, Span, BUFFER, MAX_KEY_HEADERS, WINDOW};
 /// Length of a request method at most (`OPTIONS`, `PROPFIND` …).
 const MAX_METHOD: u32 = 16;
 /// Words a round reads at most while it looks for a line feed.
-const WORDS_PER_ROUND: u32 = 4;
+const WORDS_PER_ROUND: u32 = 8;
 
 /// `Bearer` and its space, as a word pattern.
 const BEARER: (u64, u64, u64) = words::pattern(b"bearer ");
@@ -135,7 +135,8 @@ impl Scanner {
         self.not_http()
     }
 
-    /// Looks for the line feed that ends the current line, a few words on.
+    /// Looks for the line feed that ends the current line, a few words on; past line starts
+    /// that need nothing more (a header not read), it goes on within the same round.
     #[inline(always)]
     fn seek_line_end(&mut self, headers: &KeyHeaders, bytes: &[u8; BUFFER]) {
         let mut at = self.cursor;
@@ -146,10 +147,15 @@ impl Scanner {
             }
             let word = load(bytes, at, 0);
             let feeds = words::eq(word, b'\n') & first_bytes(self.len - at);
-            if feeds != 0 {
-                return self.line_end(headers, bytes, at + first(feeds));
+            if feeds == 0 {
+                at += 8;
+                continue;
             }
-            at += 8;
+            self.line_end(headers, bytes, at + first(feeds));
+            if self.mode != mode::LINE {
+                return;
+            }
+            at = self.cursor;
         }
         self.cursor = at;
     }

@@ -73,6 +73,8 @@ pub enum Part {
     Flood,
     /// Management at scale: 1M keys, next to bpftool.
     Scale,
+    /// A keyed flood against nginx: limiter, nginx limit_req, HAProxy.
+    Keys,
 }
 
 pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
@@ -115,6 +117,11 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
         bench::write_named_section(&path, crate::bench_scale::SECTION, &section)?;
         scale = Some(result);
     }
+    if wants(Part::Keys) {
+        let section = crate::bench_keys::run(quick)?;
+        println!("\n{section}");
+        bench::write_named_section(&path, crate::bench_keys::SECTION, &section)?;
+    }
     if only.is_none() {
         let section = aims(
             quick,
@@ -131,6 +138,7 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
             AIMS_SECTION,
             "## Per-packet program cost",
             SECTION,
+            crate::bench_keys::SECTION,
             crate::bench_scale::SECTION,
         ],
     )?;
