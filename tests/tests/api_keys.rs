@@ -226,6 +226,19 @@ fn a_key_over_its_plan_gets_a_429_from_the_kernel_and_nginx_never_sees_it() {
     assert_eq!(&after[..10], &[200; 10], "{after:?}");
     assert!(count(&after, 200) <= 10 + late, "{after:?}");
 
+    // Its exhaustion reached the agent (log and alerts name it the same way), by name.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bed.agent.log().lines().any(|l| {
+        l.contains("key exhausted") && l.contains("key=key:acme") && l.contains("rule=pro")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no exhaustion of key:acme in the log: {}",
+            bed.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // No token anywhere: CLI output, the agent's log, its state files.
     let mut seen = bed.agent.log();
     seen.push_str(&table.stdout);
