@@ -171,10 +171,16 @@ fn a_key_over_its_plan_gets_a_429_from_the_kernel_and_nginx_never_sees_it() {
     // A request without a key: the source limits alone.
     assert_eq!(get_once(&bed.net, bed.client(0), None).status, 200);
 
-    // nginx saw exactly the requests that got 200.
+    // nginx saw exactly the requests that got 200 (it writes a request's log line after its
+    // response: give the last one a moment).
+    let expected = passed + 5 + 1;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while bed.nginx.logged_statuses().len() < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let logged = bed.nginx.logged_statuses();
     assert!(logged.iter().all(|s| *s == 200), "nginx logged {logged:?}");
-    assert_eq!(logged.len(), passed + 5 + 1, "nginx's access log");
+    assert_eq!(logged.len(), expected, "nginx's access log");
 
     // What the operator sees: names and fingerprints, never a token.
     let keys = bed.agent.json(&["keys"]);
@@ -327,6 +333,34 @@ fn keep_alive_several_sources_and_no_leftover_connections() {
         u64_of(&status, "gateway_resets") >= rejected as u64,
         "{status}"
     );
+}
+
+#[test]
+fn over_ipv6_too() {
+    let bed = bed(1);
+    let client: IpAddr = "2001:2::10".parse().unwrap();
+    bed.net.add_client_addr(client);
+    let header = "X-API-Key: tok-v6";
+    let statuses: Vec<u16> = (0..7)
+        .map(|_| get_once(&bed.net, client, Some(header)).status)
+        .collect();
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    assert_eq!(statuses[6], 429, "{statuses:?}");
+    let answer = get_once(&bed.net, client, Some(header));
+    assert_eq!(answer.status, 429);
+    assert!(answer.json()["retry_after_s"].as_u64().is_some());
+    let keys = bed.agent.json(&["keys"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert!(u64_of(&keys[0], "dropped") >= 2, "{keys}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gateway_connections(&bed.net).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            gateway_connections(&bed.net)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

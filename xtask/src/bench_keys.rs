@@ -134,7 +134,15 @@ impl Outcome {
     }
 }
 
-pub fn run(quick: bool) -> anyhow::Result<String> {
+/// What the aims summary takes from this part.
+pub struct KeysResult {
+    /// Host CPU per rejection, limiter's over nginx `limit_req`'s (keep-alive).
+    pub cpu_vs_nginx: Option<f64>,
+    /// Per arm: well-behaved success and p99 over the baseline's.
+    pub polite: Vec<(&'static str, f64, f64)>,
+}
+
+pub fn run(quick: bool) -> anyhow::Result<(String, KeysResult)> {
     for tool in ["nginx", "wrk", "haproxy", "taskset"] {
         ensure!(
             which(tool),
@@ -182,13 +190,36 @@ pub fn run(quick: bool) -> anyhow::Result<String> {
         outcomes.push((arm, outcome));
     }
     let machine = bench::Machine::read(load_before);
-    Ok(report(
+    let cost = |arm: Arm| {
+        outcomes
+            .iter()
+            .find(|(a, _)| *a == arm)
+            .filter(|(_, o)| o.flood_rejected > 0)
+            .map(|(_, o)| o.host_cpu() / o.flood_rejected as f64)
+    };
+    let result = KeysResult {
+        cpu_vs_nginx: cost(Arm::Limiter)
+            .zip(cost(Arm::NginxLimitReq))
+            .map(|(ours, nginx)| ours / nginx),
+        polite: outcomes
+            .iter()
+            .map(|(arm, o)| {
+                (
+                    arm.name(),
+                    o.success(),
+                    o.percentile(0.99) / baseline.percentile(0.99),
+                )
+            })
+            .collect(),
+    };
+    let section = report(
         quick,
         &machine,
         &baseline,
         &outcomes,
         started.elapsed().as_secs_f64(),
-    ))
+    );
+    Ok((section, result))
 }
 
 fn which(tool: &str) -> bool {

@@ -208,6 +208,8 @@ fn api_keys(net: &TestNet) -> anyhow::Result<()> {
     step("what the operator sees: names and fingerprints, never a token");
     show(&agent, &["keys"]);
     show(&agent, &["inspect", "key:acme"]);
+    // nginx writes a request's log line just after its response.
+    std::thread::sleep(Duration::from_millis(200));
     let logged = nginx.logged_statuses();
     println!(
         "\nnginx's access log: {} requests, all {}: the 429s never reached it",

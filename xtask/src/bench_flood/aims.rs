@@ -21,6 +21,7 @@ pub(super) fn aims(
     quick: bool,
     flood: Option<&FloodResult>,
     scale: Option<&crate::bench_scale::ScaleResult>,
+    keys: Option<&crate::bench_keys::KeysResult>,
     secs: f64,
 ) -> String {
     let mut out = String::new();
@@ -136,6 +137,34 @@ pub(super) fn aims(
             } else {
                 "**not met**"
             }
+        );
+    }
+    if let Some(keys) = keys {
+        if let Some(ratio) = keys.cpu_vs_nginx {
+            let _ = writeln!(
+                out,
+                "| API keys: ≥ 5× less host CPU per rejection than nginx `limit_req` | ×{ratio:.2} \
+                 of nginx's CPU per rejection (its 429 closes the connection, so each rejection \
+                 is a new TCP connection; see the keyed flood) | {} |",
+                verdict(ratio <= 0.2)
+            );
+        }
+        let polite: Vec<String> = keys
+            .polite
+            .iter()
+            .map(|(arm, success, p99)| format!("{arm}: {:.1}%, p99 ×{p99:.2}", success * 100.0))
+            .collect();
+        let ours = keys
+            .polite
+            .iter()
+            .find(|(arm, ..)| arm.starts_with("limiter"))
+            .is_some_and(|(_, success, p99)| *success >= 0.99 && *p99 <= 1.5);
+        let _ = writeln!(
+            out,
+            "| API keys: well-behaved keys ≥ 99% success, p99 ≤ 1.5× baseline under a keyed \
+             flood | {} | {} |",
+            polite.join("; "),
+            verdict(ours)
         );
     }
     out

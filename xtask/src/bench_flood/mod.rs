@@ -117,16 +117,19 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
         bench::write_named_section(&path, crate::bench_scale::SECTION, &section)?;
         scale = Some(result);
     }
+    let mut keys = None;
     if wants(Part::Keys) {
-        let section = crate::bench_keys::run(quick)?;
+        let (section, result) = crate::bench_keys::run(quick)?;
         println!("\n{section}");
         bench::write_named_section(&path, crate::bench_keys::SECTION, &section)?;
+        keys = Some(result);
     }
     if only.is_none() {
         let section = aims(
             quick,
             flood.as_ref(),
             scale.as_ref(),
+            keys.as_ref(),
             started.elapsed().as_secs_f64(),
         );
         println!("\n{section}");
