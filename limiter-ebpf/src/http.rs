@@ -18,8 +18,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{
-        bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -144,14 +143,14 @@ fn handle(ctx: &XdpContext, config: &DatapathConfig, packet: &Passed) -> Option<
     if tcp.flags & TCP_SYN != 0 {
         // A new connection on this address and port pair: what was decided for an older one
         // no longer applies.
-        let _ = FLOWS.remove(&tcp.flow);
+        let _ = FLOWS.remove(tcp.flow);
         return None;
     }
     if tcp.flags & TCP_RST != 0 {
         return None;
     }
     let seq = scratch.segment.seq;
-    let known = FLOWS.get_ptr_mut(&tcp.flow);
+    let known = FLOWS.get_ptr_mut(tcp.flow);
     if let Some(state) = known {
         // SAFETY: a lookup in FLOWS of this run; only its plain fields are read and written
         // (two CPUs racing on one connection's segments is a client's own doing).
@@ -190,7 +189,7 @@ fn remember(flow: &FlowKey, known: Option<*mut FlowState>, decided: FlowState) {
         // SAFETY: the lookup of this run (see `handle`).
         Some(state) => unsafe { *state = decided },
         None => {
-            let _ = FLOWS.insert(flow, &decided, 0);
+            let _ = FLOWS.insert(flow, decided, 0);
         }
     }
 }
@@ -266,10 +265,14 @@ fn request(
     let hash = scratch.hasher.finish_tail(tail, span.len & 7);
     count(Counter::KeyedRequests);
 
-    let (key, limit, plan) = charge::api_key_charge(hash, config, API_KEYS.get_ptr(hash).map(|entry| {
-        // SAFETY: a lookup in API_KEYS of this run, copied at once.
-        unsafe { &*entry }
-    }));
+    let (key, limit, plan) = charge::api_key_charge(
+        hash,
+        config,
+        API_KEYS.get_ptr(hash).map(|entry| {
+            // SAFETY: a lookup in API_KEYS of this run, copied at once.
+            unsafe { &*entry }
+        }),
+    );
     let seq = scratch.segment.seq;
     let decided = |verdict: u32, retry_s: u64| FlowState {
         seq,
@@ -466,8 +469,7 @@ fn build_answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64
 fn reset(ctx: &XdpContext, scratch: &mut Scratch, seq: u32) -> u32 {
     let headers = reset_headers(&scratch.segment, seq, &mut scratch.frame) as usize;
     let headers = headers.clamp(1, HEADERS_BYTES);
-    if resize(ctx, headers).is_none() || store(ctx, 0, scratch.frame.as_ptr(), headers).is_none()
-    {
+    if resize(ctx, headers).is_none() || store(ctx, 0, scratch.frame.as_ptr(), headers).is_none() {
         // Left as it was: the gateway's stack answers it, and its socket times out in the end.
         return xdp_action::XDP_PASS;
     }
