@@ -48,6 +48,9 @@ pub const NEW_KEYS_MAP: &str = "NEW_KEYS";
 
 /// Name of the XDP program attached to interfaces.
 pub const LIMITER_PROG: &str = "limiter";
+/// Name of the TC egress program attached beside the XDP program: the gateway's side of
+/// connections kept open after a 429 (`[http] keep_alive`).
+pub const EGRESS_PROG: &str = "limiter_egress";
 /// Name of the XDP program the agent runs through `BPF_PROG_TEST_RUN` to reset one key. Running
 /// the reset in the kernel lets it touch only the bucket's TAT, with the packet counters that the
 /// datapath increments at the same moment left intact — a write of the whole map value from
@@ -108,11 +111,13 @@ pub const FLOW_ANSWERED: u32 = 2;
 /// `FlowState::verdict`: answered, and the gateway's socket was reset.
 pub const FLOW_RESET: u32 = 3;
 
-/// What the program decided for a connection's last request.
+/// What the program decided for a connection's last request, and — with `[http] keep_alive`,
+/// once a 429 was answered on it — how far the client's and the gateway's views of the
+/// connection's sequence numbers have come apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowState {
-    /// The request segment's sequence number and payload length.
+    /// The request segment's sequence number and payload length (the client's view).
     pub seq: u32,
     pub len: u32,
     /// `FLOW_*`.
@@ -120,6 +125,23 @@ pub struct FlowState {
     /// With `FLOW_ANSWERED`: the answer's plan slot and the seconds it gave.
     pub plan: u32,
     pub retry_s: u64,
+    /// Bytes the client sent that the gateway never got (the answered requests): the client's
+    /// sequence numbers are this far ahead of the gateway's.
+    pub client_shift: u32,
+    /// Bytes the client got that the gateway never sent (the 429s): the client's view of the
+    /// gateway's sequence numbers is this far ahead.
+    pub gateway_shift: u32,
+    /// The client's acknowledgement number that covers the last 429 whole (an ACK of it alone
+    /// is not the gateway's business).
+    pub answer_end: u32,
+    pub _pad: u32,
+}
+
+impl FlowState {
+    /// Whether the two views have come apart (segments must be rewritten both ways).
+    pub fn shifted(&self) -> bool {
+        self.client_shift != 0 || self.gateway_shift != 0
+    }
 }
 
 /// `[http]` as the datapath applies it (part of [`DatapathConfig`]).
@@ -135,8 +157,14 @@ pub struct HttpConfig {
     /// The TCP ports where requests reach the gateway; `port_count` of them.
     pub ports: [u16; MAX_HTTP_PORTS],
     pub port_count: u32,
-    pub _pad: u32,
+    /// `HTTP_*` bits.
+    pub flags: u32,
 }
+
+/// `HttpConfig::flags`: a 429 keeps the client's connection open (`[http] keep_alive`); the
+/// program then shifts the sequence numbers of that connection both ways (the egress program
+/// the gateway's side) for as long as it lasts.
+pub const HTTP_KEEP_ALIVE: u32 = 1;
 
 /// `[http] ports` at most.
 pub const MAX_HTTP_PORTS: usize = 8;
@@ -151,7 +179,7 @@ impl HttpConfig {
         secret: [0; 2],
         ports: [0; MAX_HTTP_PORTS],
         port_count: 0,
-        _pad: 0,
+        flags: 0,
     };
 
     /// Whether requests to `port` are scanned for keys.
@@ -495,7 +523,7 @@ mod tests {
         assert_eq!(size_of::<KeyHeaders>(), 3 * 8 * 5 * 2 + 4 * 4);
         assert_eq!(size_of::<ApiKeyEntry>(), 16 + 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 4 + 4);
-        assert_eq!(size_of::<FlowState>(), 4 * 4 + 8);
+        assert_eq!(size_of::<FlowState>(), 4 * 4 + 8 + 4 * 4);
         assert_eq!(
             size_of::<crate::http::Answer>(),
             8 + 8 + 8 + crate::http::ANSWER_BYTES

@@ -18,7 +18,8 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{
-        bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -27,25 +28,32 @@ use limiter_common::{
     bucket::{retry_after_ns, Limit, NANOS_PER_SEC},
     charge,
     http::{
-        is_tls_handshake, reply_headers, reset_headers, retry_digits, slot_sum, words, KeyHeaders,
-        Scan, Scanner, Segment, Span, ANSWER_BYTES, BUFFER, HEADERS_BYTES, MAX_L2, MAX_SLOTS,
-        RETRY_DIGITS, TCP_RST, TCP_SYN, WINDOW,
+        checksum_added, checksum_replaced, is_tls_handshake, reply_headers, reset_headers,
+        retry_digits, slot_sum, words, KeyHeaders, Scan, Scanner, Segment, Span, ANSWER_BYTES,
+        BUFFER, HEADERS_BYTES, MAX_L2, MAX_SLOTS, RETRY_DIGITS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        WINDOW,
     },
     keyhash::KeyHasher,
     maps::{
         Counter, DatapathConfig, FlowKey, FlowState, FAMILY_IPV4, FAMILY_IPV6, FLOW_ANSWERED,
-        FLOW_PASSED, FLOW_RESET,
+        FLOW_PASSED, FLOW_RESET, HTTP_KEEP_ALIVE,
     },
 };
 
 use crate::maps::{ANSWERS, API_KEYS, FLOWS, HTTP_SCRATCH};
-use crate::parse::read;
+use crate::parse::{ptr_at, read};
 use crate::{charge_key, count, Decision};
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_HDR_LEN: usize = 20;
 /// Option bytes where the timestamps option is looked for: two NOPs and its 10 bytes.
 const TS_OPTION_AREA: usize = 12;
+/// TCP option bytes at most (a 60-byte header), and options walked at most.
+const MAX_OPTIONS: usize = 40;
+const TCP_OPT_NOP: u8 = 1;
+const TCP_OPT_SACK: u8 = 5;
+/// Where `strip_sack` keeps the options as they were, in the frame buffer.
+const OLD_COPY: usize = 64;
 /// How far past the answered request a client's segment may start and still belong to that
 /// request's connection (its ACK and FIN start right after it; the rest of a body further).
 const SAME_CONNECTION: u32 = 1 << 20;
@@ -58,6 +66,10 @@ pub struct Scratch {
     hasher: KeyHasher,
     span: Span,
     segment: Segment,
+    /// The connection of the segment, and what is decided for it (map helpers take them from
+    /// here: the stack is too small).
+    flow: FlowKey,
+    decided: FlowState,
     frame: [u8; HEADERS_BYTES],
 }
 
@@ -101,9 +113,11 @@ extern "C" fn hash_word(index: u32, ctx: *mut c_void) -> i64 {
 /// A client's TCP segment to the gateway, parsed into scratch: where its payload is.
 struct Tcp {
     flags: u8,
+    /// Where the TCP header starts, and its length.
+    l4: usize,
+    header_len: usize,
     payload: usize,
     payload_len: u32,
-    flow: FlowKey,
 }
 
 /// Handles a packet that passed its source's limit when `[http]` is set: `None` when it goes
@@ -143,27 +157,71 @@ fn handle(ctx: &XdpContext, config: &DatapathConfig, packet: &Passed) -> Option<
     if tcp.flags & TCP_SYN != 0 {
         // A new connection on this address and port pair: what was decided for an older one
         // no longer applies.
-        let _ = FLOWS.remove(tcp.flow);
+        // By reference on purpose (clippy would copy the key onto the stack, which is full).
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = FLOWS.remove(&scratch.flow);
         return None;
     }
     if tcp.flags & TCP_RST != 0 {
         return None;
     }
+    let mut before = Shifts::default();
+    match decide(ctx, config, &tcp, scratch, &mut before, now, dry_run) {
+        Some(action) => Some(action),
+        // Goes on to the gateway: in its view of the connection (one place for every path, so
+        // that the verifier walks the rewriting once). Only while `keep_alive` is on, as the
+        // egress program: a reload that turns it off leaves both sides unshifted.
+        None if config.http.flags & HTTP_KEEP_ALIVE != 0
+            && (before.client != 0 || before.gateway != 0) =>
+        {
+            shift(ctx, &tcp, scratch, &before);
+            None
+        }
+        None => None,
+    }
+}
+
+/// What a segment to an HTTP port gets: `None` when it goes on to the gateway. `before` is set
+/// to how far the connection's two views had come apart before it.
+#[inline(always)]
+fn decide(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    tcp: &Tcp,
+    scratch: &mut Scratch,
+    before: &mut Shifts,
+    now: u64,
+    dry_run: bool,
+) -> Option<u32> {
+    let keep_alive = config.http.flags & HTTP_KEEP_ALIVE != 0;
     let seq = scratch.segment.seq;
-    let known = FLOWS.get_ptr_mut(tcp.flow);
+    // By reference on purpose (see `handle`).
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let known = FLOWS.get_ptr_mut(&scratch.flow);
     if let Some(state) = known {
         // SAFETY: a lookup in FLOWS of this run; only its plain fields are read and written
         // (two CPUs racing on one connection's segments is a client's own doing).
         let state = unsafe { &mut *state };
+        *before = Shifts::of(state);
         if tcp.payload_len > 0 && seq == state.seq {
             count(Counter::Retransmits);
             return match state.verdict {
                 FLOW_PASSED => None,
-                _ => Some(answer(ctx, scratch, state.plan, state.retry_s)),
+                _ => Some(answer(ctx, scratch, state.plan, state.retry_s, keep_alive).0),
             };
         }
         let after = seq.wrapping_sub(state.seq.wrapping_add(state.len));
-        if after < SAME_CONNECTION {
+        if keep_alive {
+            // The client's ACK of a 429 and nothing else: the gateway never sent those bytes.
+            if state.shifted()
+                && tcp.payload_len == 0
+                && tcp.flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0
+                && after == 0
+                && scratch.segment.ack == state.answer_end
+            {
+                return Some(xdp_action::XDP_DROP);
+            }
+        } else if after < SAME_CONNECTION {
             match state.verdict {
                 FLOW_ANSWERED => {
                     state.verdict = FLOW_RESET;
@@ -178,29 +236,167 @@ fn handle(ctx: &XdpContext, config: &DatapathConfig, packet: &Passed) -> Option<
     if tcp.payload_len == 0 {
         return None;
     }
-    request(ctx, config, &tcp, known, scratch, now, dry_run)
+    let before = *before;
+    request(ctx, config, tcp, known, &before, scratch, now, dry_run)
+}
+
+/// How far the client's view of a connection is ahead of the gateway's (see `FlowState`).
+#[derive(Clone, Copy, Default)]
+struct Shifts {
+    client: u32,
+    gateway: u32,
+    answer_end: u32,
+}
+
+impl Shifts {
+    fn of(state: &FlowState) -> Shifts {
+        Shifts {
+            client: state.client_shift,
+            gateway: state.gateway_shift,
+            answer_end: state.answer_end,
+        }
+    }
+}
+
+/// Rewrites a client's segment into the gateway's view of a connection whose views came apart
+/// (`[http] keep_alive`): its sequence number less the bytes the gateway never got, its
+/// acknowledgement less the bytes the gateway never sent, SACK blocks (in the client's view)
+/// turned into NOPs. Then it goes on as any passed packet.
+#[inline(never)]
+fn shift(ctx: &XdpContext, tcp: &Tcp, scratch: &mut Scratch, shifts: &Shifts) {
+    strip_sack(ctx, tcp, scratch);
+    let seg = &scratch.segment;
+    let seq = seg.seq.wrapping_sub(shifts.client);
+    let ack = if tcp.flags & TCP_ACK != 0 {
+        seg.ack.wrapping_sub(shifts.gateway)
+    } else {
+        seg.ack
+    };
+    let Some(header) = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, tcp.l4) else {
+        return;
+    };
+    // SAFETY: the 20 bytes are inside the packet (`ptr_at`); plain bytes.
+    unsafe {
+        let header = &mut *header.cast_mut();
+        let check = u16::from_be_bytes([header[16], header[17]]);
+        let check = checksum_replaced(checksum_replaced(check, seg.seq, seq), seg.ack, ack);
+        header[4..8].copy_from_slice(&seq.to_be_bytes());
+        header[8..12].copy_from_slice(&ack.to_be_bytes());
+        header[16..18].copy_from_slice(&check.to_be_bytes());
+    }
+}
+
+/// Turns a SACK option of the segment into NOPs (its blocks are in the sender's view of the
+/// connection, which the other side does not share), fixing the checksum.
+#[inline(always)]
+fn strip_sack(ctx: &XdpContext, tcp: &Tcp, scratch: &mut Scratch) {
+    // Option words: 1 to 10 (a 24- to 60-byte header).
+    let words = (tcp.header_len / 4).saturating_sub(TCP_HDR_LEN / 4);
+    if words == 0 || words > MAX_OPTIONS / 4 {
+        return;
+    }
+    // 4 to 40 bytes, in a form the verifier sees as never 0 (and at most 64).
+    let n = (((words - 1) & 15) + 1) * 4;
+    let options = &mut scratch.frame;
+    // SAFETY: 1 to 40 bytes into the 128-byte frame buffer of this per-CPU value.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            (tcp.l4 + TCP_HDR_LEN) as u32,
+            options.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if loaded != 0 {
+        return;
+    }
+    let Some((start, end)) = sack_option(options, n) else {
+        return;
+    };
+    // The options as they were at OLD_COPY, and NOPs over the SACK option in place.
+    for i in 0..MAX_OPTIONS {
+        options[OLD_COPY + i] = options[i];
+        if i >= start && i < end {
+            options[i] = TCP_OPT_NOP;
+        }
+    }
+    // SAFETY: both ranges are inside the frame buffer (up to 64 bytes at 0 and at OLD_COPY);
+    // the length is a multiple of 4, as the helper wants.
+    let diff = unsafe {
+        bpf_csum_diff(
+            options.as_mut_ptr().add(OLD_COPY).cast(),
+            n as u32,
+            options.as_mut_ptr().cast(),
+            n as u32,
+            0,
+        )
+    };
+    // SAFETY: the same bytes, back into the packet (the helper checks its bounds).
+    let stored = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            (tcp.l4 + TCP_HDR_LEN) as u32,
+            options.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if stored != 0 || diff < 0 {
+        return;
+    }
+    if let Some(header) = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, tcp.l4) {
+        // SAFETY: inside the packet (`ptr_at`); plain bytes.
+        unsafe {
+            let header = &mut *header.cast_mut();
+            let check = u16::from_be_bytes([header[16], header[17]]);
+            let check = checksum_added(check, diff as u32);
+            header[16..18].copy_from_slice(&check.to_be_bytes());
+        }
+    }
+}
+
+/// Where the SACK option lies among `n` option bytes, if it is where stacks put it: first, or
+/// after the timestamps (`NOP NOP TS`), each time after two NOPs (Linux, the BSDs and Windows
+/// do so). A fixed layout rather than a walk of the options: the walk's paths multiply beyond
+/// what the verifier takes.
+#[inline(always)]
+fn sack_option(options: &[u8; HEADERS_BYTES], n: usize) -> Option<(usize, usize)> {
+    for at in [0, TS_OPTION_AREA] {
+        if options[at] == TCP_OPT_NOP
+            && options[at + 1] == TCP_OPT_NOP
+            && options[at + 2] == TCP_OPT_SACK
+        {
+            let len = usize::from(options[at + 3]);
+            let end = at + 2 + len;
+            return (len >= 2 && end <= n).then_some((at + 2, end));
+        }
+    }
+    None
 }
 
 /// Remembers what was decided for the connection's request: in place when the connection is
 /// known already (a keep-alive connection's next request), else a new entry.
 #[inline(always)]
-fn remember(flow: &FlowKey, known: Option<*mut FlowState>, decided: FlowState) {
+fn remember(scratch: &Scratch, known: Option<*mut FlowState>) {
     match known {
         // SAFETY: the lookup of this run (see `handle`).
-        Some(state) => unsafe { *state = decided },
+        Some(state) => unsafe { *state = scratch.decided },
         None => {
-            let _ = FLOWS.insert(flow, decided, 0);
+            // By reference on purpose (see `handle`).
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = FLOWS.insert(&scratch.flow, &scratch.decided, 0);
         }
     }
 }
 
 /// A segment with payload that may start a request: scan, hash, charge, answer.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn request(
     ctx: &XdpContext,
     config: &DatapathConfig,
     tcp: &Tcp,
     known: Option<*mut FlowState>,
+    before: &Shifts,
     scratch: &mut Scratch,
     now: u64,
     dry_run: bool,
@@ -280,10 +476,15 @@ fn request(
         verdict,
         plan,
         retry_s,
+        client_shift: before.client,
+        gateway_shift: before.gateway,
+        answer_end: before.answer_end,
+        _pad: 0,
     };
     let retry_s = match charge_key(ctx, config, &key, &limit, now, dry_run) {
         Decision::Pass | Decision::Untracked => {
-            remember(&tcp.flow, known, decided(FLOW_PASSED, 0));
+            scratch.decided = decided(FLOW_PASSED, 0);
+            remember(scratch, known);
             return None;
         }
         Decision::Over(tat) => retry_seconds(tat, now, &limit),
@@ -293,8 +494,20 @@ fn request(
         count(Counter::WouldDrop);
         return Some(xdp_action::XDP_PASS);
     }
-    remember(&tcp.flow, known, decided(FLOW_ANSWERED, retry_s));
-    Some(answer(ctx, scratch, plan, retry_s))
+    let keep_alive = config.http.flags & HTTP_KEEP_ALIVE != 0;
+    let ack = scratch.segment.ack;
+    let (action, sent) = answer(ctx, scratch, plan, retry_s, keep_alive);
+    let mut state = decided(FLOW_ANSWERED, retry_s);
+    if keep_alive && action == xdp_action::XDP_TX {
+        // The connection stays: from now on the client is `payload_len` bytes ahead of what
+        // the gateway got, and has `sent` bytes the gateway never sent.
+        state.client_shift = state.client_shift.wrapping_add(tcp.payload_len);
+        state.gateway_shift = state.gateway_shift.wrapping_add(sent);
+        state.answer_end = ack.wrapping_add(sent);
+    }
+    scratch.decided = state;
+    remember(scratch, known);
+    Some(action)
 }
 
 /// Whole seconds until the key's next request would pass, at least 1.
@@ -362,7 +575,7 @@ fn parse(
     seg.ipv6 = ipv6 as u32;
     seg.l2_len = l3 as u32;
     let flags = tcp[13];
-    let flow = FlowKey {
+    scratch.flow = FlowKey {
         client: seg.src,
         gateway: seg.dst,
         client_port: seg.sport,
@@ -382,9 +595,10 @@ fn parse(
     timestamps(ctx, l4, header_len, scratch);
     Some(Tcp {
         flags,
+        l4,
+        header_len,
         payload,
         payload_len,
-        flow,
     })
 }
 
@@ -418,23 +632,36 @@ fn timestamps(ctx: &XdpContext, l4: usize, header_len: usize, scratch: &mut Scra
 }
 
 /// Turns the request's frame into the 429 of plan slot `plan` with `retry_s` seconds, back to
-/// the client. Counted: a 429 sent, or an answer that could not be built (then dropped).
+/// the client; with `keep_alive` the connection stays open. Counted: a 429 sent, or an answer
+/// that could not be built (then dropped). The action, and the payload bytes sent.
 #[inline(always)]
-fn answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64) -> u32 {
-    match build_answer(ctx, scratch, plan, retry_s) {
-        Some(()) => {
+fn answer(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    plan: u32,
+    retry_s: u64,
+    keep_alive: bool,
+) -> (u32, u32) {
+    match build_answer(ctx, scratch, plan, retry_s, keep_alive) {
+        Some(sent) => {
             count(Counter::Rejected);
-            xdp_action::XDP_TX
+            (xdp_action::XDP_TX, sent)
         }
         None => {
             count(Counter::AnswersFailed);
-            xdp_action::XDP_DROP
+            (xdp_action::XDP_DROP, 0)
         }
     }
 }
 
 #[inline(always)]
-fn build_answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64) -> Option<()> {
+fn build_answer(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    plan: u32,
+    retry_s: u64,
+    keep_alive: bool,
+) -> Option<u32> {
     let answer = ANSWERS.get(plan).or_else(|| ANSWERS.get(0))?;
     let len = answer.len as usize;
     if len == 0 || len > ANSWER_BYTES {
@@ -447,7 +674,13 @@ fn build_answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64
             sum += u64::from(slot_sum(u32::from(*slot), &digits));
         }
     }
-    let headers = reply_headers(&scratch.segment, len as u32, sum, &mut scratch.frame) as usize;
+    let headers = reply_headers(
+        &scratch.segment,
+        len as u32,
+        sum,
+        keep_alive,
+        &mut scratch.frame,
+    ) as usize;
     let headers = headers.clamp(1, HEADERS_BYTES);
     let len = len.clamp(1, ANSWER_BYTES);
     resize(ctx, headers + len)?;
@@ -460,7 +693,7 @@ fn build_answer(ctx: &XdpContext, scratch: &mut Scratch, plan: u32, retry_s: u64
             store(ctx, at, digits.as_mut_ptr(), RETRY_DIGITS)?;
         }
     }
-    Some(())
+    Some(len as u32)
 }
 
 /// Turns the client's segment into a reset to the gateway at `seq` (the answered request's

@@ -12,6 +12,7 @@
 // One unaligned 32-bit packet load in BPF assembly (see `parse::packet_word`).
 #![feature(asm_experimental_arch)]
 
+mod egress;
 mod http;
 mod maps;
 mod parse;
@@ -19,11 +20,11 @@ mod runtime;
 mod shared;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK},
     helpers::bpf_ktime_get_ns,
-    macros::xdp,
+    macros::{classifier, xdp},
     maps::lpm_trie::Key as LpmKey,
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
 use core::ptr::read_volatile;
@@ -138,6 +139,14 @@ fn over_limit(dry_run: bool) -> u32 {
         count(Counter::Dropped);
         xdp_action::XDP_DROP
     }
+}
+
+/// The gateway's segments of connections kept open after a 429 (`[http] keep_alive`), into
+/// the client's view; everything else untouched. Attached to the egress of each interface.
+#[classifier]
+pub fn limiter_egress(ctx: TcContext) -> i32 {
+    let _ = egress::shift(&ctx);
+    TC_ACT_OK
 }
 
 /// Gives one tracked key a full bucket, or brings its TAT down to a bound. Run by the agent

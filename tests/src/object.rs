@@ -164,6 +164,18 @@ impl XdpObject {
         burst: u64,
         secret: [u64; 2],
     ) {
+        self.enable_http_with(ports, headers, (rate, burst), secret, false);
+    }
+
+    /// [`XdpObject::enable_http`], with `[http] keep_alive` as given.
+    pub fn enable_http_with(
+        &mut self,
+        ports: &[u16],
+        headers: &[&[u8]],
+        (rate, burst): (u64, u64),
+        secret: [u64; 2],
+        keep_alive: bool,
+    ) {
         let mut http = HttpConfig::OFF;
         http.key_headers = KeyHeaders::new(headers).expect("valid key headers");
         http.default_limit = Limit::new(rate, burst);
@@ -171,10 +183,13 @@ impl XdpObject {
         assert!(ports.len() <= MAX_HTTP_PORTS);
         http.ports[..ports.len()].copy_from_slice(ports);
         http.port_count = ports.len() as u32;
+        if keep_alive {
+            http.flags |= limiter_common::maps::HTTP_KEEP_ALIVE;
+        }
         let mut answers: Array<_, Answer> =
             Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).expect("ANSWERS")).unwrap();
         answers
-            .set(0, Answer::render("default", rate, burst), 0)
+            .set(0, Answer::render("default", rate, burst, keep_alive), 0)
             .expect("writing ANSWERS");
         let mut config: Array<_, DatapathConfig> =
             Array::try_from(self.ebpf.map_mut(CONFIG_MAP).expect("CONFIG")).unwrap();
@@ -204,6 +219,31 @@ impl XdpObject {
             .unwrap_or_else(|e| {
                 panic!("test_run of a {}-byte packet failed: {e:#?}", packet.len())
             });
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Runs the egress program (`limiter_egress`, TC) once on `packet`: its verdict and the
+    /// frame as it left it.
+    pub fn run_egress(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
+        use aya::programs::SchedClassifier;
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(limiter_common::maps::EGRESS_PROG)
+            .expect("the egress program")
+            .try_into()
+            .expect("a classifier");
+        if program.fd().is_err() {
+            program.load().expect("loading the egress program");
+        }
+        let mut out = vec![0u8; 4096];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("test_run of the egress program failed: {e:#?}"));
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }

@@ -434,3 +434,44 @@ fn bad_input_to_keys_changes_nothing() {
     let out = bed.agent.cli(&["inspect", "key:acme"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
 }
+
+#[test]
+fn with_keep_alive_a_429_leaves_the_connection_open() {
+    let net = TestNet::new(1, 1);
+    let _pass = ClientPass::attach(&net);
+    let nginx = Nginx::start(&net);
+    let agent = Agent::start(
+        &net,
+        Some(&CONFIG.replace("burst = 5\n", "burst = 5\nkeep_alive = true\n")),
+    );
+    let from = IpAddr::V4(net.client_addrs[0]);
+    let mut conn = Connection::open(&net, from);
+    let header = "X-API-Key: tok-stays";
+    let first: Vec<u16> = (0..7).map(|_| conn.get(Some(header)).status).collect();
+    assert_eq!(first, [200, 200, 200, 200, 200, 429, 429]);
+    let answer = conn.get(Some(header));
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.header("connection"), Some("keep-alive"));
+    // The key refills at 2/s; the same connection goes on, and nginx answers again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let later: Vec<u16> = (0..2).map(|_| conn.get(Some(header)).status).collect();
+    assert_eq!(later, [200, 200], "the connection works after its 429s");
+    // Another key on the same connection, and a request without a key.
+    assert_eq!(conn.get(Some("X-API-Key: tok-else")).status, 200);
+    assert_eq!(conn.get(None).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while nginx.logged_statuses().len() < 9 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logged = nginx.logged_statuses();
+    assert_eq!(logged, vec![200; 9], "nginx saw the 200s only");
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gateway_connections(&net).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", gateway_connections(&net));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = agent.json(&["status"]);
+    assert_eq!(u64_of(&status, "rejected"), 3, "{status}");
+    assert_eq!(u64_of(&status, "gateway_resets"), 0, "{status}");
+}

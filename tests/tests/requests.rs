@@ -48,18 +48,58 @@ fn object(burst: u64) -> XdpObject {
 
 /// A client's segment to the gateway's PORT over IPv4, with timestamps.
 fn segment(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    segment_acking(sport, seq, 5000, flags, &TIMESTAMPS, payload)
+}
+
+/// A client's segment acknowledging `ack`, with `options`, its TCP checksum right.
+fn segment_acking(
+    sport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let tcp = Tcp {
         src_port: sport,
         dst_port: PORT,
         seq,
-        ack: 5000,
+        ack,
         flags,
-        options: &TIMESTAMPS,
+        options,
     }
     .segment(payload);
+    let tcp = with_checksum(tcp, CLIENT, GATEWAY);
     let mut ip = Ipv4::udp(CLIENT, GATEWAY);
     ip.proto = IPPROTO_TCP;
     ethernet(GATEWAY_MAC, CLIENT_MAC, ETH_P_IPV4, &ip.packet(&tcp))
+}
+
+/// The gateway's segment to the client (from PORT), its checksum right.
+fn from_gateway(dport: u16, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tcp = Tcp {
+        src_port: PORT,
+        dst_port: dport,
+        seq,
+        ack,
+        flags: TCP_PSH | TCP_ACK,
+        options,
+    }
+    .segment(payload);
+    let tcp = with_checksum(tcp, GATEWAY, CLIENT);
+    let mut ip = Ipv4::udp(GATEWAY, CLIENT);
+    ip.proto = IPPROTO_TCP;
+    ethernet(CLIENT_MAC, GATEWAY_MAC, ETH_P_IPV4, &ip.packet(&tcp))
+}
+
+fn with_checksum(mut tcp: Vec<u8>, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut pseudo = src.to_vec();
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
+    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    let sum = !fold(ones_sum(&pseudo) + ones_sum(&tcp));
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    tcp
 }
 
 fn request(token: &str) -> Vec<u8> {
@@ -70,6 +110,7 @@ fn request(token: &str) -> Vec<u8> {
 /// Checks an IPv4 frame's IP and TCP checksums; returns (TCP header, payload).
 fn tcp_of(frame: &[u8]) -> (&[u8], &[u8]) {
     let ip = &frame[14..];
+    let _ = checksum;
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     assert_eq!(total, ip.len(), "IP length");
@@ -454,4 +495,80 @@ fn generated_and_mangled_requests_get_the_key_userspace_finds() {
     );
     assert_eq!(object.counter(Counter::AnswersFailed), 0);
     let _ = XDP_DROP;
+}
+
+#[test]
+fn keep_alive_answers_leave_the_connection_open_and_shift_it_both_ways() {
+    require_root();
+    let mut object = XdpObject::load(1_000_000, 1_000_000);
+    object.enable_http_with(&[PORT], &[b"x-api-key"], (1, 2), SECRET, true);
+    let body = request("tok-ka");
+    let len = body.len() as u32;
+    let sport = 43000;
+    let mut seq = 100;
+    for _ in 0..2 {
+        let frame = segment_acking(sport, seq, 5000, TCP_PSH | TCP_ACK, &TIMESTAMPS, &body);
+        let (verdict, out) = object.run_out(&frame);
+        assert_eq!(
+            (verdict, &out),
+            (XDP_PASS, &frame),
+            "within the burst: untouched"
+        );
+        seq += len;
+    }
+    // Over the limit: a 429 that keeps the connection (no FIN), TSval = the request's TSecr.
+    let frame = segment_acking(sport, seq, 5000, TCP_PSH | TCP_ACK, &TIMESTAMPS, &body);
+    let (verdict, answer) = object.run_out(&frame);
+    assert_eq!(verdict, XDP_TX);
+    let (tcp, payload) = tcp_of(&answer);
+    assert_eq!(tcp[13], TCP_PSH | TCP_ACK, "no FIN");
+    assert_eq!((be32(&tcp[4..]), be32(&tcp[8..])), (5000, seq + len));
+    assert_eq!(be32(&tcp[24..]), 2000, "TSval = the request's TSecr");
+    let text = String::from_utf8_lossy(payload);
+    assert!(text.contains("Connection: keep-alive"), "{text}");
+    let sent = payload.len() as u32;
+    seq += len;
+
+    // The client's ACK of the 429 alone: not the gateway's business.
+    let ack = segment_acking(sport, seq, 5000 + sent, TCP_ACK, &TIMESTAMPS, b"");
+    assert_eq!(object.run(&ack), XDP_DROP);
+
+    // Its next request, another key within its limit: to the gateway in its own view — the
+    // answered request's bytes and the 429's taken off, SACK blocks gone, checksum right.
+    let other = request("tok-other");
+    let sack: [u8; 24] = [
+        1, 1, 8, 10, 0, 0, 0, 3, 0, 0, 0, 4, // timestamps
+        1, 1, 5, 10, 0, 0, 0x13, 0x88, 0, 0, 0x13, 0x90, // SACK 5000–5008 (client's view)
+    ];
+    let next = segment_acking(sport, seq, 5000 + sent, TCP_PSH | TCP_ACK, &sack, &other);
+    let (verdict, shifted) = object.run_out(&next);
+    assert_eq!(verdict, XDP_PASS);
+    let (tcp, payload) = tcp_of(&shifted);
+    assert_eq!(be32(&tcp[4..]), seq - len, "seq less the answered request");
+    assert_eq!(be32(&tcp[8..]), 5000, "ack less the 429");
+    assert_eq!(&tcp[32..44], &[1u8; 12], "the SACK option is NOPs");
+    assert_eq!(payload, &other[..]);
+
+    // The gateway's answer to it, into the client's view by the egress program.
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let reply = from_gateway(
+        sport,
+        5000,
+        seq - len + other.len() as u32,
+        &TIMESTAMPS,
+        response,
+    );
+    let (_, out) = object.run_egress(&reply);
+    let (tcp, payload) = tcp_of(&out);
+    assert_eq!(be32(&tcp[4..]), 5000 + sent, "seq plus the 429");
+    assert_eq!(
+        be32(&tcp[8..]),
+        seq + other.len() as u32,
+        "ack plus the answered request"
+    );
+    assert_eq!(payload, response);
+
+    // Another connection is untouched both ways.
+    let elsewhere = from_gateway(sport + 1, 7, 9, &TIMESTAMPS, response);
+    assert_eq!(object.run_egress(&elsewhere).1, elsewhere);
 }

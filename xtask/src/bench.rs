@@ -819,7 +819,7 @@ impl Limiter {
     fn serve_api_keys(&mut self) -> anyhow::Result<()> {
         let mut answers: aya::maps::Array<_, Answer> =
             aya::maps::Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).context("no ANSWERS map")?)?;
-        answers.set(0, Answer::render("default", 1, 1), 0)?;
+        answers.set(0, Answer::render("default", 1, 1, false), 0)?;
         let mut keys: aya::maps::HashMap<_, u64, ApiKeyEntry> = aya::maps::HashMap::try_from(
             self.ebpf.map_mut(API_KEYS_MAP).context("no API_KEYS map")?,
         )?;

@@ -8,7 +8,8 @@
 //!
 //! - **no limit**: nginx alone (the abusive key is served);
 //! - **limiter**: the agent on the gateway's veth with `[http]` (10/s, burst 20 per key): the
-//!   abusive key's requests are answered with 429 by the kernel;
+//!   abusive key's requests are answered with 429 by the kernel, which closes the connection;
+//! - **limiter, keep_alive**: the same with `[http] keep_alive = true`: the connection stays;
 //! - **nginx `limit_req`** keyed on `$http_x_api_key` (10 r/s, burst 20, `nodelay`, status 429);
 //! - **HAProxy** in front of nginx, a stick table on `req.hdr(x-api-key)` denying with 429 over
 //!   10 requests a second.
@@ -68,6 +69,8 @@ burst = 20
 enum Arm {
     NoLimit,
     Limiter,
+    /// limiter with `[http] keep_alive = true`: the 429 leaves the connection open.
+    LimiterKeepAlive,
     NginxLimitReq,
     /// nginx `limit_req`, the flood sending `Connection: close` (a connection per request).
     NginxLimitReqClose,
@@ -75,9 +78,10 @@ enum Arm {
 }
 
 impl Arm {
-    const ALL: [Arm; 5] = [
+    const ALL: [Arm; 6] = [
         Arm::NoLimit,
         Arm::Limiter,
+        Arm::LimiterKeepAlive,
         Arm::NginxLimitReq,
         Arm::NginxLimitReqClose,
         Arm::Haproxy,
@@ -87,6 +91,7 @@ impl Arm {
         match self {
             Arm::NoLimit => "no limit (nginx alone)",
             Arm::Limiter => "limiter at the NIC",
+            Arm::LimiterKeepAlive => "limiter at the NIC, keep_alive",
             Arm::NginxLimitReq => "nginx limit_req",
             Arm::NginxLimitReqClose => "nginx limit_req, a connection per request",
             Arm::Haproxy => "HAProxy stick table",
@@ -136,8 +141,10 @@ impl Outcome {
 
 /// What the aims summary takes from this part.
 pub struct KeysResult {
-    /// Host CPU per rejection, limiter's over nginx `limit_req`'s (keep-alive).
+    /// Host CPU per rejection, limiter's over nginx `limit_req`'s (keep-alive): the default
+    /// (the 429 closes the connection), and with `[http] keep_alive`.
     pub cpu_vs_nginx: Option<f64>,
+    pub keep_alive_cpu_vs_nginx: Option<f64>,
     /// Per arm: well-behaved success and p99 over the baseline's.
     pub polite: Vec<(&'static str, f64, f64)>,
 }
@@ -201,6 +208,9 @@ pub fn run(quick: bool) -> anyhow::Result<(String, KeysResult)> {
         cpu_vs_nginx: cost(Arm::Limiter)
             .zip(cost(Arm::NginxLimitReq))
             .map(|(ours, nginx)| ours / nginx),
+        keep_alive_cpu_vs_nginx: cost(Arm::LimiterKeepAlive)
+            .zip(cost(Arm::NginxLimitReq))
+            .map(|(ours, nginx)| ours / nginx),
         polite: outcomes
             .iter()
             .map(|(arm, o)| {
@@ -256,7 +266,14 @@ fn start_gateway(net: &TestNet, arm: Arm) -> anyhow::Result<Gateway> {
     let haproxy = (arm == Arm::Haproxy)
         .then(|| Haproxy::start(net))
         .transpose()?;
-    let agent = (arm == Arm::Limiter).then(|| Agent::start(net, Some(LIMITER_CONFIG)));
+    let agent = match arm {
+        Arm::Limiter => Some(Agent::start(net, Some(LIMITER_CONFIG))),
+        Arm::LimiterKeepAlive => Some(Agent::start(
+            net,
+            Some(&format!("{LIMITER_CONFIG}keep_alive = true\n")),
+        )),
+        _ => None,
+    };
     if let Some(pid) = agent.as_ref().and_then(Agent::pid) {
         // Every thread of the agent on the gateway's CPU.
         run_ok(Command::new("taskset").args([
@@ -710,8 +727,12 @@ fn report(
         let _ = writeln!(
             out,
             "\nPer rejected request, limiter costs the host ×{:.2} of nginx `limit_req`'s CPU on \
-             keep-alive connections (aim: at most ×0.20){}{}.",
+             keep-alive connections (aim: at most ×0.20){}{}{}.",
             ours / nginx,
+            cost_of(Arm::LimiterKeepAlive).map_or(String::new(), |k| format!(
+                "; with `keep_alive` ×{:.2}",
+                k / nginx
+            )),
             cost_of(Arm::NginxLimitReqClose).map_or(String::new(), |c| format!(
                 ", ×{:.2} of it with a connection per request",
                 ours / c

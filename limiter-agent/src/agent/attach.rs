@@ -1,11 +1,12 @@
 //! Attaching the XDP program to interfaces through pinned links, so that it stays attached when
 //! the agent exits and a restarted agent replaces the program in place, keeping the maps.
 
-use crate::pins::link_pin;
+use crate::pins::{egress_link_pin, link_pin};
 use anyhow::{anyhow, Context};
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use std::path::Path;
 use std::process::Command;
 use tracing::{info, warn};
@@ -115,4 +116,43 @@ fn attached_mode(iface: &str) -> Option<String> {
         3 => Some("offload".to_owned()),
         _ => None,
     }
+}
+
+/// Attaches the egress program (`[http] keep_alive`: the gateway's side of connections kept
+/// open after a 429) to `iface` through a pinned TCX link, or takes over the one a previous
+/// agent pinned, as for the XDP program.
+pub fn attach_egress(
+    program: &mut SchedClassifier,
+    iface: &str,
+    pin_path: &Path,
+) -> anyhow::Result<()> {
+    let pin = egress_link_pin(pin_path, iface);
+    if pin.exists() {
+        let adopted = (|| -> anyhow::Result<()> {
+            let pinned = PinnedLink::from_pin(&pin)?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+            let id = program.attach_to_link(link)?;
+            // The pin keeps the link; our handle may close with the program.
+            drop(program.take_link(id)?);
+            Ok(())
+        })();
+        match adopted {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                warn!(iface, pin = %pin.display(), "the pinned egress link is unusable ({err:#}); attaching anew");
+                std::fs::remove_file(&pin)
+                    .with_context(|| format!("removing the stale pin {}", pin.display()))?;
+            }
+        }
+    }
+    let id = program
+        .attach(iface, TcAttachType::Egress)
+        .with_context(|| format!("attaching the egress program to {iface}"))?;
+    let link = FdLink::try_from(program.take_link(id)?).map_err(|_| {
+        anyhow!("the kernel attached the egress program to {iface} without a BPF link (TCX needs Linux 6.6)")
+    })?;
+    std::fs::create_dir_all(pin.parent().unwrap())?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the egress link of {iface} at {}", pin.display()))?;
+    Ok(())
 }

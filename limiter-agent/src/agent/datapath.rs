@@ -247,7 +247,7 @@ impl Datapath {
             let plan = spanned.get_ref();
             let (slot, _) = config.plan(&plan.name).expect("a configured plan");
             self.answers
-                .set(slot, plan.answer(), 0)
+                .set(slot, plan.answer(http.keep_alive), 0)
                 .context("writing the ANSWERS map")?;
         }
         let mut wanted = StdHashMap::new();

@@ -31,7 +31,9 @@ use aya::programs::Xdp;
 use aya::EbpfLoader;
 use config::{Config, ConfigSource};
 use datapath::Datapath;
-use limiter_common::maps::{BUCKETS_MAP, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES};
+use limiter_common::maps::{
+    BUCKETS_MAP, EGRESS_PROG, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES,
+};
 use state::{AgentState, Interface};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -145,7 +147,30 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .load()
             .context("loading the XDP program into the kernel")?;
         let mode = attach::attach(program, iface, args.attach_mode, &args.pin_path)?;
-        interfaces.push(Interface::new(iface.clone(), mode));
+        // The gateway's side of connections kept open after a 429 (`[http] keep_alive`);
+        // attached whatever the configuration says, so that a reload can turn it on.
+        let egress: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut(EGRESS_PROG)
+            .context("the XDP object has no egress program")?
+            .try_into()?;
+        egress
+            .load()
+            .context("loading the egress program into the kernel")?;
+        let egress = match attach::attach_egress(egress, iface, &args.pin_path) {
+            Ok(()) => true,
+            Err(err) if config.http.as_ref().is_some_and(|h| h.keep_alive) => {
+                return Err(err.context("[http] keep_alive needs the egress program"));
+            }
+            Err(err) => {
+                warn!(
+                    iface,
+                    "the egress program is not attached ({err:#}): [http] keep_alive cannot be \
+                     turned on"
+                );
+                false
+            }
+        };
+        interfaces.push(Interface::new(iface.clone(), mode, egress));
         attachments.push(ebpf);
     }
     // Exhaustion events (the pinned ring buffer) and the program instances' log lines.

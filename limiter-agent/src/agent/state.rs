@@ -40,14 +40,17 @@ pub struct Interface {
     pub mode: String,
     /// Cleared when the program's pinned link disappears (see `link_watch`).
     pub attached: AtomicBool,
+    /// The egress program (`[http] keep_alive`) is attached too.
+    pub egress: bool,
 }
 
 impl Interface {
-    pub fn new(name: String, mode: String) -> Interface {
+    pub fn new(name: String, mode: String, egress: bool) -> Interface {
         Interface {
             name,
             mode,
             attached: AtomicBool::new(true),
+            egress,
         }
     }
 
@@ -134,6 +137,16 @@ impl AgentState {
                 path.display(),
                 running.agent.max_keys
             )));
+        }
+        if config.http.as_ref().is_some_and(|h| h.keep_alive) {
+            if let Some(iface) = self.interfaces.iter().find(|i| !i.egress) {
+                return Err(refuse(format!(
+                    "{}: [http] keep_alive needs the egress program, which could not be attached \
+                     to {} when the agent started (see its log; TCX needs Linux 6.6)",
+                    path.display(),
+                    iface.name
+                )));
+            }
         }
         let secret_file = |c: &Config| c.http.as_ref().and_then(|h| h.secret_file.clone());
         if secret_file(&config) != secret_file(&running) {

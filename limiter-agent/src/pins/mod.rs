@@ -25,6 +25,15 @@ pub fn link_pin(pin_path: &Path, iface: &str) -> PathBuf {
     links_dir(pin_path).join(iface)
 }
 
+/// What follows an interface's name in the pin of its egress program's link.
+// (bpffs refuses names with a dot.)
+const EGRESS_SUFFIX: &str = "@egress";
+
+/// Where the link of `iface`'s egress program (`[http] keep_alive`) is pinned.
+pub fn egress_link_pin(pin_path: &Path, iface: &str) -> PathBuf {
+    links_dir(pin_path).join(format!("{iface}{EGRESS_SUFFIX}"))
+}
+
 /// The directory of the interfaces' links, under the pin directory.
 const LINKS_DIR: &str = "links";
 
@@ -180,17 +189,24 @@ pub fn detach(iface: &str, pin_path: &Path, map_names: &[String]) -> anyhow::Res
             pin.display()
         );
     }
-    let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let link: FdLink = link
-        .unpin()
-        .with_context(|| format!("unpinning {}", pin.display()))?;
-    drop(link);
+    for pin in [pin, egress_link_pin(pin_path, iface)] {
+        if !pin.exists() {
+            continue;
+        }
+        let link =
+            PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let link: FdLink = link
+            .unpin()
+            .with_context(|| format!("unpinning {}", pin.display()))?;
+        drop(link);
+    }
 
     let still_attached: Vec<String> = std::fs::read_dir(links_dir(pin_path))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.ends_with(EGRESS_SUFFIX))
                 .collect()
         })
         .unwrap_or_default();

@@ -93,6 +93,27 @@ pub fn slot_sum(at: u32, digits: &[u8; RETRY_DIGITS]) -> u32 {
     sum
 }
 
+/// A checksum after a 32-bit field it covers changed from `old` to `new` (RFC 1624:
+/// HC' = ~(~HC + ~m + m'), a 16-bit half at a time).
+#[inline(always)]
+pub fn checksum_replaced(check: u16, old: u32, new: u32) -> u16 {
+    let mut sum = u64::from(!check);
+    sum += u64::from(!(old >> 16) & 0xffff) + u64::from(!old & 0xffff);
+    sum += u64::from(new >> 16) + u64::from(new & 0xffff);
+    checksum(sum)
+}
+
+/// A checksum after `diff` (a ones'-complement sum of the change, as `bpf_csum_diff` gives it:
+/// native-order words) was added to what it covers.
+#[inline(always)]
+pub fn checksum_added(check: u16, diff: u32) -> u16 {
+    // `bpf_csum_diff` sums the words as loaded (little-endian on the machines we run on); the
+    // checksum field is big-endian: fold, then swap the folded sum into the field's order.
+    let folded = !checksum(u64::from(diff));
+    let folded = folded.swap_bytes();
+    checksum(u64::from(!check) + u64::from(folded))
+}
+
 /// Folds a ones'-complement sum to 16 bits and complements it: the checksum to store.
 #[inline(always)]
 pub fn checksum(sum: u64) -> u16 {
@@ -258,28 +279,32 @@ fn ip_tcp(
 /// swapped, then IP and TCP from the gateway back to the client, acknowledging the request and
 /// carrying the answer's `payload_len` bytes (summing to `payload_sum`) with FIN. Returns the
 /// headers' length; the payload follows them.
+/// With `keep_alive` the answer does not close the connection (no FIN), and echoes the
+/// request's TSecr as its own TSval (the gateway's next segments carry at least that).
 #[inline(always)]
 pub fn reply_headers(
     seg: &Segment,
     payload_len: u32,
     payload_sum: u64,
+    keep_alive: bool,
     out: &mut [u8; HEADERS_BYTES],
 ) -> u32 {
     // Destination and source MAC swapped; tags and ethertype kept.
     out[..6].copy_from_slice(&seg.l2[6..12]);
     out[6..12].copy_from_slice(&seg.l2[..6]);
     out[12..MAX_L2].copy_from_slice(&seg.l2[12..]);
-    let timestamps = (seg.has_ts != 0).then_some((seg.ts_ecr.wrapping_add(1), seg.ts_val));
+    let (ts_val, flags) = if keep_alive {
+        (seg.ts_ecr, TCP_PSH | TCP_ACK)
+    } else {
+        (seg.ts_ecr.wrapping_add(1), TCP_FIN | TCP_PSH | TCP_ACK)
+    };
+    let timestamps = (seg.has_ts != 0).then_some((ts_val, seg.ts_val));
     ip_tcp(
         out,
         seg,
         (&seg.dst, &seg.src),
         (seg.dport, seg.sport),
-        (
-            seg.ack,
-            seg.seq.wrapping_add(seg.payload_len),
-            TCP_FIN | TCP_PSH | TCP_ACK,
-        ),
+        (seg.ack, seg.seq.wrapping_add(seg.payload_len), flags),
         timestamps,
         payload_len,
         payload_sum,
@@ -316,7 +341,8 @@ mod render {
         /// `rate` requests per second with `burst` at once. The `RateLimit-Policy` header
         /// (draft-ietf-httpapi-ratelimit-headers) states it as `q` requests per window of `w`
         /// seconds: `w` the time a full burst takes to come back, `q` the rate over it.
-        pub fn render(policy: &str, rate: u64, burst: u64) -> Answer {
+        /// `keep_alive`: `Connection: keep-alive` instead of `close` (`[http] keep_alive`).
+        pub fn render(policy: &str, rate: u64, burst: u64, keep_alive: bool) -> Answer {
             const SLOT: &str = "\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}";
             let rate = rate.max(1);
             let window = burst.div_ceil(rate).max(1);
@@ -329,10 +355,11 @@ mod render {
                  RateLimit: \"{policy}\";r=0;t={SLOT}\r\n\
                  Content-Type: application/json\r\n\
                  Content-Length: {}\r\n\
-                 Connection: close\r\n\
+                 Connection: {}\r\n\
                  \r\n\
                  {body}",
-                body.len()
+                body.len(),
+                if keep_alive { "keep-alive" } else { "close" }
             );
             let mut answer = Answer::EMPTY;
             let bytes = text.as_bytes();
@@ -383,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_slots_sum_as_the_bytes_do() {
-        let answer = Answer::render("pro", 100, 200);
+        let answer = Answer::render("pro", 100, 200, false);
         for seconds in [1, 9, 10, 86_399, 2_678_400] {
             let payload = answer.payload(seconds);
             let digits = retry_digits(seconds);
@@ -398,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_a_complete_http_response() {
-        let answer = Answer::render("default", 10, 20);
+        let answer = Answer::render("default", 10, 20, false);
         let payload = answer.payload(3);
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut response = httparse::Response::new(&mut headers);
@@ -432,6 +459,26 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_field_keeps_the_checksum_right() {
+        let bytes = [
+            0x12u8, 0x34, 0xab, 0xcd, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef, 7, 9,
+        ];
+        let check = checksum(sum_bytes(&bytes));
+        for new in [0u32, 1, 0xffff_ffff, 0xdead_beef, 0x8000_0000] {
+            let old = u32::from_be_bytes(bytes[6..10].try_into().unwrap());
+            let mut changed = bytes;
+            changed[6..10].copy_from_slice(&new.to_be_bytes());
+            let expected = checksum(sum_bytes(&changed));
+            let got = checksum_replaced(check, old, new);
+            // 0x0000 and 0xffff are the same ones'-complement value.
+            assert!(
+                got == expected || (got ^ expected) == 0xffff,
+                "{new:x}: {got:x} {expected:x}"
+            );
+        }
+    }
+
+    #[test]
     fn headers_checksum_to_zero() {
         let mut seg = Segment::EMPTY;
         seg.l2[..14].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
@@ -442,7 +489,13 @@ mod tests {
         (seg.has_ts, seg.ts_val, seg.ts_ecr) = (1, 100, 200);
         let payload = b"HTTP/1.1 429 x\r\n\r\n";
         let mut out = [0u8; HEADERS_BYTES];
-        let len = reply_headers(&seg, payload.len() as u32, sum_bytes(payload), &mut out) as usize;
+        let len = reply_headers(
+            &seg,
+            payload.len() as u32,
+            sum_bytes(payload),
+            false,
+            &mut out,
+        ) as usize;
         assert_eq!(len, 14 + 20 + 32);
         assert_eq!(&out[0..6], &seg.l2[6..12]);
         assert_eq!(checksum(sum_bytes(&out[14..34])), 0, "IPv4 header");

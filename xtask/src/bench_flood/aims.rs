@@ -141,12 +141,19 @@ pub(super) fn aims(
     }
     if let Some(keys) = keys {
         if let Some(ratio) = keys.cpu_vs_nginx {
+            let keep_alive = keys.keep_alive_cpu_vs_nginx;
             let _ = writeln!(
                 out,
                 "| API keys: ≥ 5× less host CPU per rejection than nginx `limit_req` | ×{ratio:.2} \
-                 of nginx's CPU per rejection (its 429 closes the connection, so each rejection \
-                 is a new TCP connection; see the keyed flood) | {} |",
-                verdict(ratio <= 0.2)
+                 of nginx's CPU per rejection by default (the 429 closes the connection: each \
+                 rejection is a new TCP connection){} | {} |",
+                keep_alive.map_or(String::new(), |k| format!(
+                    "; ×{k:.2} with `[http] keep_alive` (the connection stays)"
+                )),
+                match keep_alive {
+                    Some(k) if k <= 0.2 && ratio > 0.2 => "**met** with `keep_alive`; **not met** by default",
+                    _ => verdict(ratio <= 0.2),
+                }
             );
         }
         let polite: Vec<String> = keys

@@ -3,7 +3,7 @@
 use super::check_limit;
 use limiter_common::bucket::Limit;
 use limiter_common::http::{Answer, KeyHeaders, DEFAULT_POLICY};
-use limiter_common::maps::{HttpConfig, MAX_HTTP_PORTS, MAX_PLANS};
+use limiter_common::maps::{HttpConfig, HTTP_KEEP_ALIVE, MAX_HTTP_PORTS, MAX_PLANS};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -26,6 +26,10 @@ pub struct HttpSection {
     /// A file holding the token hash's secret (32 hex digits), for several hosts that must
     /// agree on keys; without it the agent makes one in its state directory.
     pub secret_file: Option<PathBuf>,
+    /// A 429 keeps the client's connection open (`Connection: keep-alive`) instead of closing
+    /// it: a client that goes on sending costs the gateway no new connection per rejection.
+    #[serde(default)]
+    pub keep_alive: bool,
 }
 
 /// `[[plans]]`: a limit registered keys can be put on.
@@ -109,12 +113,20 @@ impl HttpSection {
             *slot = port;
         }
         http.port_count = self.ports.len() as u32;
+        if self.keep_alive {
+            http.flags |= HTTP_KEEP_ALIVE;
+        }
         http
     }
 
     /// The default's 429 (plan slot 0).
     pub fn answer(&self) -> Answer {
-        Answer::render(DEFAULT_POLICY, self.rate.get(), self.burst.get())
+        Answer::render(
+            DEFAULT_POLICY,
+            self.rate.get(),
+            self.burst.get(),
+            self.keep_alive,
+        )
     }
 }
 
@@ -129,8 +141,8 @@ impl Plan {
         Limit::new(self.rate.get(), self.burst.get())
     }
 
-    pub fn answer(&self) -> Answer {
-        Answer::render(&self.name, self.rate.get(), self.burst.get())
+    pub fn answer(&self, keep_alive: bool) -> Answer {
+        Answer::render(&self.name, self.rate.get(), self.burst.get(), keep_alive)
     }
 }
 
