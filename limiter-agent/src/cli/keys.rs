@@ -19,6 +19,11 @@ registering names it and can put it on a plan. Keys are shown by name, or by fin
 digits derived from the token's keyed hash) when not registered; `limiter inspect key:NAME` and
 `limiter reset key:NAME` (or key:FINGERPRINT) act on one.
 
+Out of reach: TLS and h2c on the [http] ports pass untouched (counted as tls_handshakes, logged
+once): point the ports at the cleartext leg behind the TLS terminator. A request whose key header
+is not in the TCP segment that starts it (beyond its first 2 KiB, or in a later segment) is
+treated as keyless, limited by its source alone.
+
 Examples:
   printf '%s' \"$TOKEN\" | limiter keys add acme --plan pro
   limiter keys --exhausted
