@@ -229,3 +229,41 @@ fn a_user_without_access_to_the_socket_cannot_reset() {
         "the reset went through"
     );
 }
+
+#[test]
+fn an_interface_with_a_dot_in_its_name_is_attached_and_detached() {
+    // VLAN sub-interfaces are named like eth0.100; bpffs refuses names with a dot.
+    let mut net = TestNet::new(1, 1);
+    let dotted = format!("{}.7", net.gateway_if);
+    for args in [
+        vec!["link", "set", &net.gateway_if, "down"],
+        vec!["link", "set", &net.gateway_if, "name", &dotted],
+        vec!["link", "set", &dotted, "up"],
+    ] {
+        let mut all = vec!["-n", &net.gateway.name];
+        all.extend(args);
+        limiter_tests::netns::ip(&all);
+    }
+    net.gateway_if = dotted.clone();
+    let mut agent = Agent::start(&net, Some(&config(1000, 2000)));
+    let status = agent.json(&["status"]);
+    assert_eq!(status["interfaces"][0]["name"], dotted.as_str(), "{status}");
+    assert_eq!(status["interfaces"][0]["attached"], true, "{status}");
+    net.client(0)
+        .burst(SocketAddr::new(net.gateway_ip(), 9000), 5);
+    eventually_tracked(&agent);
+    agent.stop();
+    let pin_path = agent.pin_path.display().to_string();
+    let out = limiter(&["detach", "--iface", &dotted, "--pin-path", &pin_path]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(xdp_prog_id(&net.gateway.name, &dotted), None);
+    assert!(!agent.pin_path.exists());
+}
+
+fn eventually_tracked(agent: &Agent) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while u64_of(&agent.json(&["status"]), "tracked_keys") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no key tracked");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

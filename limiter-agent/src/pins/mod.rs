@@ -22,7 +22,18 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/limiter";
 
 /// Where the link of `iface` is pinned.
 pub fn link_pin(pin_path: &Path, iface: &str) -> PathBuf {
-    links_dir(pin_path).join(iface)
+    links_dir(pin_path).join(pin_name(iface))
+}
+
+/// An interface's name as a bpffs name: bpffs refuses names with a dot (`eth0.100`), so a dot
+/// is written `%2E` (and a `%` `%25`, so that the name reads back).
+fn pin_name(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2E")
+}
+
+/// The interface whose name [`pin_name`] gave `name`.
+fn iface_of_pin(name: &str) -> String {
+    name.replace("%2E", ".").replace("%25", "%")
 }
 
 /// What follows an interface's name in the pin of its egress program's link.
@@ -31,7 +42,7 @@ const EGRESS_SUFFIX: &str = "@egress";
 
 /// Where the link of `iface`'s egress program (`[http] keep_alive`) is pinned.
 pub fn egress_link_pin(pin_path: &Path, iface: &str) -> PathBuf {
-    links_dir(pin_path).join(format!("{iface}{EGRESS_SUFFIX}"))
+    links_dir(pin_path).join(format!("{}{EGRESS_SUFFIX}", pin_name(iface)))
 }
 
 /// The directory of the interfaces' links, under the pin directory.
@@ -207,6 +218,7 @@ pub fn detach(iface: &str, pin_path: &Path, map_names: &[String]) -> anyhow::Res
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|name| !name.ends_with(EGRESS_SUFFIX))
+                .map(|name| iface_of_pin(&name))
                 .collect()
         })
         .unwrap_or_default();
@@ -237,4 +249,18 @@ pub fn detach(iface: &str, pin_path: &Path, map_names: &[String]) -> anyhow::Res
         still_attached,
         kept,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_with_dots_make_valid_pin_names_and_read_back() {
+        for iface in ["eth0", "eth0.100", "a%2Eb", "x.y.z", "%", "%2E", "."] {
+            let name = pin_name(iface);
+            assert!(!name.contains('.'), "{name}");
+            assert_eq!(iface_of_pin(&name), iface, "{name}");
+        }
+    }
 }
