@@ -40,9 +40,9 @@ use limiter_common::{
     },
 };
 
+use crate::charging::{charge_key, count, Decision};
 use crate::maps::{ANSWERS, API_KEYS, FLOWS, HTTP_SCRATCH};
 use crate::parse::{ptr_at, read};
-use crate::{charge_key, count, Decision};
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_HDR_LEN: usize = 20;
@@ -527,26 +527,21 @@ fn parse(
     scratch: &mut Scratch,
 ) -> Option<Tcp> {
     let l3 = l3.min(MAX_L2);
-    let seg = &mut scratch.segment;
+    // The fields that say whether this is a TCP segment to an HTTP port first; the addresses
+    // are copied only for one that is.
     let (l4, ip_end) = if ipv6 {
-        let hdr = read::<[u8; 40]>(ctx, l3)?;
+        let hdr = read::<[u8; 8]>(ctx, l3)?;
         if hdr[6] != IPPROTO_TCP {
             return None;
         }
-        seg.src.copy_from_slice(&hdr[8..24]);
-        seg.dst.copy_from_slice(&hdr[24..40]);
         let l4 = l3 + 40;
         (l4, l4 + usize::from(u16::from_be_bytes([hdr[4], hdr[5]])))
     } else {
-        let hdr = read::<[u8; 20]>(ctx, l3)?;
+        let hdr = read::<[u8; 10]>(ctx, l3)?;
         // TCP, and no fragment (DF alone is fine).
         if hdr[9] != IPPROTO_TCP || u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
             return None;
         }
-        seg.src = [0; 16];
-        seg.dst = [0; 16];
-        seg.src[..4].copy_from_slice(&hdr[12..16]);
-        seg.dst[..4].copy_from_slice(&hdr[16..20]);
         (
             l3 + usize::from(hdr[0] & 0x0f) * 4,
             l3 + usize::from(u16::from_be_bytes([hdr[2], hdr[3]])),
@@ -556,6 +551,16 @@ fn parse(
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     if !config.http.is_http_port(dport) {
         return None;
+    }
+    let seg = &mut scratch.segment;
+    if ipv6 {
+        seg.src = read::<[u8; 16]>(ctx, l3 + 8)?;
+        seg.dst = read::<[u8; 16]>(ctx, l3 + 24)?;
+    } else {
+        seg.src = [0; 16];
+        seg.dst = [0; 16];
+        seg.src[..4].copy_from_slice(&read::<[u8; 4]>(ctx, l3 + 12)?);
+        seg.dst[..4].copy_from_slice(&read::<[u8; 4]>(ctx, l3 + 16)?);
     }
     let header_len = usize::from(tcp[12] >> 4) * 4;
     if header_len < TCP_HDR_LEN {

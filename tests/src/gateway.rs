@@ -306,11 +306,21 @@ impl Connection {
 
     /// Like [`Connection::get`], `None` when the connection fails or closes first.
     pub fn try_get(&mut self, header: Option<&str>) -> Option<Response> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get(header))).ok()
+        self.exchange(header).ok()
     }
 
-    /// Sends `GET /ok.json` with `header` (such as `X-API-Key: T`) and reads the response.
+    /// Sends `GET /ok.json` with `header` (such as `X-API-Key: T`) and reads the response;
+    /// panics, saying what was read, when the connection fails or closes first.
     pub fn get(&mut self, header: Option<&str>) -> Response {
+        self.exchange(header).unwrap_or_else(|e| {
+            panic!(
+                "{e}; read so far: {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            )
+        })
+    }
+
+    fn exchange(&mut self, header: Option<&str>) -> std::io::Result<Response> {
         let mut request =
             "GET /ok.json HTTP/1.1\r\nHost: gw\r\nUser-Agent: limiter-tests\r\n".to_owned();
         if let Some(header) = header {
@@ -318,13 +328,11 @@ impl Connection {
             request.push_str("\r\n");
         }
         request.push_str("\r\n");
-        self.stream
-            .write_all(request.as_bytes())
-            .expect("sending a request");
+        self.stream.write_all(request.as_bytes())?;
         self.read_response()
     }
 
-    fn read_response(&mut self) -> Response {
+    fn read_response(&mut self) -> std::io::Result<Response> {
         let mut chunk = [0u8; 4096];
         loop {
             let mut fields = [httparse::EMPTY_HEADER; 32];
@@ -349,24 +357,20 @@ impl Connection {
                 if self.buffer.len() >= head + length {
                     let body = self.buffer[head..head + length].to_vec();
                     self.buffer.drain(..head + length);
-                    return Response {
+                    return Ok(Response {
                         status,
                         headers,
                         body,
-                    };
+                    });
                 }
             }
-            let n = self.stream.read(&mut chunk).unwrap_or_else(|e| {
-                panic!(
-                    "reading a response: {e}; so far {:?}",
-                    String::from_utf8_lossy(&self.buffer)
-                )
-            });
-            assert!(
-                n > 0,
-                "the connection closed before a whole response: {:?}",
-                String::from_utf8_lossy(&self.buffer)
-            );
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the connection closed before a whole response",
+                ));
+            }
             self.buffer.extend_from_slice(&chunk[..n]);
         }
     }

@@ -7,11 +7,11 @@
 //! with the secret's id: keys registered under another secret hash differently, and a file
 //! whose secret is not the one in force is refused, not silently misapplied.
 
+use super::private_file;
 use anyhow::{anyhow, bail, Context};
 use limiter_common::keyhash::KeyHasher;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const SECRET_FILE: &str = "api-key.secret";
@@ -46,7 +46,7 @@ impl Secret {
                     u64::from_le_bytes(bytes[..8].try_into().unwrap()),
                     u64::from_le_bytes(bytes[8..].try_into().unwrap()),
                 ]);
-                write_private(&path, format!("{}\n", secret.hex()).as_bytes())?;
+                private_file::write(&path, format!("{}\n", secret.hex()).as_bytes())?;
                 tracing::info!(path = %path.display(), "made the API key hash's secret");
                 Ok(secret)
             }
@@ -274,27 +274,8 @@ impl ApiKeyStore {
             secret_id: self.secret_id.clone(),
             keys: self.keys.clone(),
         };
-        write_private(&self.path, &serde_json::to_vec_pretty(&file)?)
+        private_file::write(&self.path, &serde_json::to_vec_pretty(&file)?)
     }
-}
-
-/// Writes `bytes` to `path` atomically, readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod expiry;
 mod link_watch;
 mod metrics;
 mod overrides;
+mod private_file;
 mod selection;
 mod serve;
 mod server;

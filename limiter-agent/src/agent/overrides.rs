@@ -8,8 +8,6 @@ use limiter_common::bucket::Limit;
 use limiter_common::key::Prefix;
 use limiter_common::maps::MAX_RULES;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -186,27 +184,10 @@ impl OverrideStore {
         lapsed
     }
 
-    /// Writes the state file atomically: a temporary file in the same directory, synced, then
-    /// renamed over the old one, so a crash leaves either the old or the new list.
+    /// Writes the state file atomically, not world-readable: who is allowed or denied is the
+    /// operator's business.
     pub fn save(&self) -> anyhow::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        // Not world-readable: who is allowed or denied is the operator's business.
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(&serde_json::to_vec_pretty(&self.items)?)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
-        Ok(())
+        super::private_file::write(&self.path, &serde_json::to_vec_pretty(&self.items)?)
     }
 }
 

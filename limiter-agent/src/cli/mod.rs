@@ -72,6 +72,13 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// Validates a CIDR on the command line before anything is sent (overrides: source addresses
+/// only).
+fn parse_cidr(text: &str) -> Result<limiter_common::key::Prefix, Failure> {
+    text.parse()
+        .map_err(|err: limiter_common::key::PrefixError| Failure::Usage(err.to_string()))
+}
+
 /// Validates a KEY on the command line before anything is sent: an address or prefix, or
 /// `key:NAME` / `key:FINGERPRINT` of an API key (which the agent resolves).
 fn parse_key(text: &str) -> Result<String, Failure> {

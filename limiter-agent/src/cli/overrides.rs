@@ -1,7 +1,7 @@
 //! `limiter allow|deny|limit CIDR [--ttl]` and `limiter overrides [rm CIDR]`: runtime overrides
 //! for incident response, above the configured rules.
 
-use super::{parse_key, print_json, table, ApiArgs};
+use super::{parse_cidr, print_json, table, ApiArgs};
 use crate::api::{
     Action, OverrideInfo, OverrideQuery, OverrideRemoved, OverrideRequest, MAX_TTL, OVERRIDES_PATH,
 };
@@ -57,7 +57,7 @@ pub async fn add(
     action: Action,
     limit: Option<(u64, u64)>,
 ) -> Result<(), Failure> {
-    let cidr = parse_key(&args.cidr)?;
+    let cidr = parse_cidr(&args.cidr)?;
     if args.ttl.is_some_and(|ttl| ttl > MAX_TTL) {
         return Err(Failure::Usage(format!(
             "--ttl takes at most {}; without it, an override stays until `limiter overrides rm`",
@@ -87,7 +87,7 @@ pub async fn add(
 pub async fn run(args: OverridesArgs) -> Result<(), Failure> {
     match args.command {
         Some(OverridesCommand::Rm { api, cidr }) => {
-            let cidr = parse_key(&cidr)?;
+            let cidr = parse_cidr(&cidr)?;
             let query = OverrideQuery {
                 cidr: cidr.to_string(),
             };
