@@ -96,11 +96,10 @@ mod tests {
             }
         }
         let btf = object.btf.as_ref().expect("the object carries BTF");
-        if btf
-            .id_by_type_name_kind(IFACE_SLOT_GLOBAL, BtfKind::Var)
-            .is_err()
-        {
-            wrong.push(format!("no global {IFACE_SLOT_GLOBAL}"));
+        for global in [IFACE_SLOT_GLOBAL, TICK_GLOBAL] {
+            if btf.id_by_type_name_kind(global, BtfKind::Var).is_err() {
+                wrong.push(format!("no global {global}"));
+            }
         }
         assert!(
             wrong.is_empty(),

@@ -65,6 +65,17 @@ pub fn admit(tat: u64, now: u64, limit: &Limit) -> Option<u64> {
     }
 }
 
+/// Whether a packet is over the limit at every instant up to `latest`: then it is at the
+/// precise time too, whatever that is, as long as it is no later than `latest` (over the limit
+/// at `t` means over it at every earlier `t`: a TAT only comes closer as time goes on). The
+/// datapath's fast path: `latest` from the coarse clock (a couple of nanoseconds to read) plus
+/// the most it can lag, so that a key far over its limit is dropped without reading the precise
+/// clock. A packet is only ever passed on the precise clock.
+#[inline(always)]
+pub fn over_limit_until(tat: u64, latest: u64, limit: &Limit) -> bool {
+    admit(tat, latest, limit).is_none()
+}
+
 /// The TAT of a key that has just been created by a packet that passed: a full bucket, one used.
 #[inline(always)]
 pub fn first_packet_tat(now: u64, limit: &Limit) -> Option<u64> {
@@ -625,5 +636,23 @@ mod tests {
         // With a tolerance that fits, a key that deep in debt is dropped.
         let limit = Limit::new(1, 1000);
         assert_eq!(admit(u64::MAX, now, &limit), None);
+    }
+
+    proptest! {
+        /// The coarse-clock proof never drops a packet the precise clock would pass: over the
+        /// limit until `latest` means over it at every earlier instant.
+        #[test]
+        fn over_limit_until_latest_means_over_limit_before(
+            rate in rates(),
+            burst in 1u64..1000,
+            tat in 0u64..(1 << 50),
+            latest in 0u64..(1 << 50),
+            back in 0u64..(1 << 40),
+        ) {
+            let limit = Limit::new(rate, burst);
+            if over_limit_until(tat, latest, &limit) {
+                prop_assert!(admit(tat, latest.saturating_sub(back), &limit).is_none());
+            }
+        }
     }
 }

@@ -340,7 +340,7 @@ pub struct DatapathConfig {
 /// The layout of the pinned maps, written into `DatapathConfig::valid`: a build whose maps'
 /// keys, values or meaning differ from this one's bumps it, and an agent refuses to adopt pins
 /// of another layout, naming it.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Declares [`Counter`] from one table: each counter's slot, its name (a field of `status --json`,
 /// and of the metrics where it is exported), a label and a note for a person (`limiter status`).
@@ -423,6 +423,12 @@ counters! {
     GatewayResets = 20, "gateway_resets", "gateway resets", "gateway sockets of 429-answered connections released";
     /// Retransmitted requests: given the verdict the first copy got, not charged again.
     Retransmits = 21, "retransmits", "retransmitted requests", "given the first copy's verdict, not charged again";
+    /// Of the packets dropped (or would-drop), those proven over the limit on the coarse clock
+    /// (the jiffies counter), without reading the precise one (see `bucket::over_limit_until`).
+    CoarseDrops = 22, "coarse_drops", "of which on the coarse clock", "proven over the limit without the precise clock";
+    /// Times the coarse clock (the jiffies counter) was found lagging the precise one by more
+    /// than the datapath assumes (a tick and a quarter): its fast path is then off for a second.
+    CoarseClockLate = 23, "coarse_clock_late", "coarse clock late", "coarse clock behind by more than assumed: fast path paused";
 }
 
 /// Counters per interface.
@@ -453,6 +459,11 @@ pub const COUNTER_ENTRIES: u32 = COUNTER_SLOTS * MAX_INTERFACES;
 /// Name of the program's read-only global holding the interface's counter set, set by the agent
 /// when it loads the program for an interface (so the lookup costs nothing per packet).
 pub const IFACE_SLOT_GLOBAL: &str = "IFACE_SLOT";
+
+/// Name of the program's read-only global holding the kernel's timer tick, ns (`sys::tick_ns`):
+/// one step of the jiffies counter, the coarse clock of the datapath's fast path. Set by the
+/// agent at load time; 0 turns the fast path off.
+pub const TICK_GLOBAL: &str = "TICK_NS";
 
 /// The index in [`COUNTERS_MAP`] of `counter` for the interface in `slot`.
 pub const fn counter_index(slot: u32, counter: Counter) -> u32 {

@@ -27,3 +27,20 @@ pub unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<i32> {
     }
     Ok(ret as i32)
 }
+
+/// The kernel's timer tick, ns: the resolution of `CLOCK_MONOTONIC_COARSE` (`TICK_NSEC`), the
+/// step of the jiffies counter — the coarse clock of the datapath's fast path (its
+/// [`TICK_GLOBAL`]). 0 (the fast path off) when the kernel does not tell.
+///
+/// [`TICK_GLOBAL`]: crate::maps::TICK_GLOBAL
+pub fn tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to write.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return 0;
+    }
+    res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64
+}

@@ -2,12 +2,20 @@
 //! bucket on a key's first packet (within `[agent] new_keys_per_sec`), the compare-and-swap on
 //! its TAT, the key's counters, the exhaustion event, and the global counters. `main` (the
 //! programs) and `http` (the request path) call it; it calls neither.
+//!
+//! The clock: a packet of a key far over its limit is dropped on the coarse clock — the jiffies
+//! counter — when that proves it over (see [`coarse_proof`]); every other decision, and every
+//! pass, is taken on the precise clock, read at most once per packet ([`Clock`]).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
 use aya_log_ebpf::{info, warn};
 use core::ptr::read_volatile;
 use limiter_common::{
-    bucket::{admit, Limit, FULL_BUCKET_TAT},
+    bucket::{admit, over_limit_until, Limit, FULL_BUCKET_TAT},
     maps::{
         counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent,
         BUCKET_EXHAUSTED_NOTIFIED, CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU,
@@ -38,6 +46,64 @@ const EVENT_LIMIT: Limit = Limit::new(EVENTS_PER_SEC_PER_CPU, EVENT_BURST_PER_CP
 #[unsafe(no_mangle)]
 static IFACE_SLOT: u32 = 0;
 
+/// The kernel's timer tick, ns (`sys::tick_ns`): one step of the coarse clock, the jiffies
+/// counter; 0 turns the coarse-clock fast path off. Set by the agent at load time, like
+/// `IFACE_SLOT`.
+#[unsafe(no_mangle)]
+static TICK_NS: u64 = 0;
+
+/// The coarse clock's base, as this program learnt it: the least `now - jiffies · tick` seen on
+/// a packet that read the jiffies counter and then the precise clock. The kernel moves jiffies
+/// and the time of their last update in step (a whole tick per jiffy), so `update - jiffies ·
+/// tick` is a constant and every such sample is at or above it: jiffies `j` then mean a precise
+/// time before `base + (j + 1) · tick`, plus the delay of a late tick ([`LATE_TICK`]).
+/// `i64::MAX` until the first sample. Written only when a sample lowers it.
+static mut JIFFIES_BASE: i64 = i64::MAX;
+
+/// Jiffies until which the fast path pauses, because the precise clock was found further ahead
+/// of the jiffies than the fast path assumes (a stalled tick: a virtual CPU its host did not
+/// run, say). Written only when that is found.
+static mut COARSE_PAUSED_UNTIL: u64 = 0;
+
+/// How long the fast path pauses after the jiffies were found late, ns.
+const COARSE_PAUSE_NS: u64 = 1_000_000_000;
+
+/// The delay of a tick's handling the fast path allows for, in ticks: 1 / this.
+const LATE_TICK: u64 = 4;
+
+/// One drop in this many of a key goes the precise way even when the coarse clock would prove
+/// it, so that the jiffies' lag is checked on keys that never pass (a power of two).
+const COARSE_SAMPLE: u64 = 64;
+
+/// The precise clock (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), read once per packet at most, and
+/// only by a packet that needs it.
+pub struct Clock(u64);
+
+impl Clock {
+    /// Not read yet.
+    #[inline(always)]
+    pub const fn unread() -> Clock {
+        Clock(0)
+    }
+
+    /// Already read: `now`.
+    #[inline(always)]
+    const fn read_at(now: u64) -> Clock {
+        Clock(now)
+    }
+
+    /// The precise time of this packet; the first call reads the clock (CLOCK_MONOTONIC is
+    /// never 0 once the system runs).
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            // SAFETY: a helper without arguments.
+            self.0 = unsafe { bpf_ktime_get_ns() };
+        }
+        self.0
+    }
+}
+
 /// What charging a key decided (the key's own counters are kept; the caller counts the
 /// packet's verdict).
 pub enum Decision {
@@ -51,9 +117,25 @@ pub enum Decision {
     Untracked,
 }
 
-/// Charges one packet (or request) to `key`'s bucket, creating the bucket on the key's first.
+/// Charges one packet to `key`'s bucket, creating the bucket on the key's first; the clock is
+/// read only when the coarse one cannot prove the packet over the limit.
 #[inline(always)]
 pub fn charge_key(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    key: &BucketKey,
+    limit: &Limit,
+    clock: &mut Clock,
+    dry_run: bool,
+) -> Decision {
+    charge_key_with(ctx, config, key, limit, clock, true, dry_run)
+}
+
+/// Charges one request to `key`'s bucket as [`charge_key`] does, at `now`, read already: the
+/// coarse clock has nothing to save then (and leaving it out keeps the request path within the
+/// verifier's bounds).
+#[inline(always)]
+pub fn charge_key_at(
     ctx: &XdpContext,
     config: &DatapathConfig,
     key: &BucketKey,
@@ -61,10 +143,39 @@ pub fn charge_key(
     now: u64,
     dry_run: bool,
 ) -> Decision {
+    let mut clock = Clock::read_at(now);
+    charge_key_with(ctx, config, key, limit, &mut clock, false, dry_run)
+}
+
+#[inline(always)]
+fn charge_key_with(
+    ctx: &XdpContext,
+    config: &DatapathConfig,
+    key: &BucketKey,
+    limit: &Limit,
+    clock: &mut Clock,
+    try_coarse: bool,
+    dry_run: bool,
+) -> Decision {
     if let Some(state) = BUCKETS.get_ptr_mut(key) {
         // SAFETY: a lookup in BUCKETS of this run.
-        return charge(ctx, key, unsafe { Bucket::new(state) }, now, limit, dry_run);
+        let bucket = unsafe { Bucket::new(state) };
+        let coarse = if try_coarse {
+            coarse_proof(bucket, limit)
+        } else {
+            Coarse::Unused
+        };
+        if let Coarse::Over(tat) = coarse {
+            count(Counter::CoarseDrops);
+            return over(bucket, tat, dry_run);
+        }
+        let now = clock.now();
+        if let Coarse::Undecided(jiffies) = coarse {
+            learn_jiffies(jiffies, now);
+        }
+        return charge(ctx, key, bucket, now, limit, dry_run);
     }
+    let now = clock.now();
     // First packet of this key. Over `[agent] new_keys_per_sec` it is refused and no key is
     // created: a flood from ever new (spoofed) sources then neither passes on fresh buckets nor
     // evicts the tracked keys of the clients already there.
@@ -102,6 +213,98 @@ pub fn charge_key(
     }
 }
 
+/// What the coarse clock said of a packet.
+enum Coarse {
+    /// Not asked: the fast path is off, or cannot tell for this key.
+    Unused,
+    /// Read (these jiffies) but not proof enough: the precise clock decides.
+    Undecided(u64),
+    /// Over the limit whatever the precise time: the key's TAT.
+    Over(u64),
+}
+
+/// The fast path of a key far over its limit. The jiffies counter (read for a fraction of a
+/// ns: the verifier inlines it; the precise clock costs tens) gives a time no earlier than the
+/// precise one (see [`JIFFIES_BASE`]); a key over its limit then was over it at the precise time
+/// too (`over_limit_until`). Only for a key whose exhaustion was already reported (the drop that
+/// reports it goes the precise way) and whose refill interval is longer than a tick and a late
+/// tick's delay (else the jiffies can hardly ever prove anything: not read at all). A pass is
+/// only ever decided on the precise clock.
+#[inline(always)]
+fn coarse_proof(bucket: Bucket, limit: &Limit) -> Coarse {
+    let tick = tick_ns();
+    if tick == 0 || limit.interval_ns <= tick + tick / LATE_TICK {
+        return Coarse::Unused;
+    }
+    if bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED == 0 {
+        return Coarse::Unused;
+    }
+    // SAFETY: a helper without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: words of this program's .data, written whole (see `learn_jiffies`).
+    let (paused_until, base) = unsafe {
+        (
+            read_volatile(&raw const COARSE_PAUSED_UNTIL),
+            read_volatile(&raw const JIFFIES_BASE),
+        )
+    };
+    if jiffies < paused_until {
+        return Coarse::Unused;
+    }
+    // The key's over-limit count picks the samples: a value at hand, on the line just read.
+    let over_so_far = bucket
+        .dropped()
+        .load()
+        .wrapping_add(bucket.would_drop().load());
+    if base == i64::MAX || over_so_far % COARSE_SAMPLE == COARSE_SAMPLE - 1 {
+        return Coarse::Undecided(jiffies);
+    }
+    let latest = latest_ns(base, jiffies, tick);
+    let tat = bucket.tat().load();
+    if over_limit_until(tat, latest, limit) {
+        Coarse::Over(tat)
+    } else {
+        Coarse::Undecided(jiffies)
+    }
+}
+
+/// The latest precise time `jiffies` allow, ns.
+#[inline(always)]
+fn latest_ns(base: i64, jiffies: u64, tick: u64) -> u64 {
+    let next = (jiffies + 1).wrapping_mul(tick) + tick / LATE_TICK;
+    base.wrapping_add(next as i64) as u64
+}
+
+/// On a packet that read the jiffies and then the precise clock: learns the base from them, and
+/// checks the fast path's assumption — the precise time before the latest the jiffies allow.
+/// When it is not (a tick that stalled), the fast path pauses for a second, on this interface's
+/// program, and the time is counted.
+#[inline(always)]
+fn learn_jiffies(jiffies: u64, now: u64) {
+    let tick = tick_ns();
+    let sample = (now as i64).wrapping_sub(jiffies.wrapping_mul(tick) as i64);
+    // SAFETY: words of this program's .data; an aligned u64 is never torn, and CPUs writing at
+    // once each write a value that is safe on its own (a sample is never below the base; a
+    // pause is a second ahead).
+    unsafe {
+        let base = read_volatile(&raw const JIFFIES_BASE);
+        if sample < base {
+            core::ptr::write_volatile(&raw mut JIFFIES_BASE, sample);
+        } else if now > latest_ns(base, jiffies, tick) {
+            count(Counter::CoarseClockLate);
+            // (`tick` is not 0 here: the fast path is off then; `max` tells the compiler.)
+            let pause = jiffies + COARSE_PAUSE_NS / tick.max(1);
+            core::ptr::write_volatile(&raw mut COARSE_PAUSED_UNTIL, pause);
+        }
+    }
+}
+
+#[inline(always)]
+fn tick_ns() -> u64 {
+    // SAFETY: a read of a static, never written by this program.
+    unsafe { read_volatile(&TICK_NS) }
+}
+
 /// Takes one key creation from the allowance shared by all CPUs. Only an allowed creation
 /// writes (a compare-and-swap); a refusal only reads.
 #[inline(always)]
@@ -133,7 +336,6 @@ fn charge(
     dry_run: bool,
 ) -> Decision {
     let taken = take(bucket.tat(), now, limit);
-    let passed = matches!(taken, Taken::Passed(_));
     // The exhaustion flag: one load of the value already at hand on the common paths (a pass,
     // a drop of a key already reported); a write only when the key changes state.
     let notified = bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED != 0;
@@ -156,18 +358,24 @@ fn charge(
         }
         Taken::Contended(_) => count(Counter::ContentionDrops),
     }
-    let counter = if passed {
-        bucket.passed()
-    } else if dry_run {
-        bucket.would_drop()
-    } else {
-        bucket.dropped()
-    };
-    counter.increment();
     match taken {
-        Taken::Passed(_) => Decision::Pass,
-        Taken::OverLimit(tat) | Taken::Contended(tat) => Decision::Over(tat),
+        Taken::Passed(_) => {
+            bucket.passed().increment();
+            Decision::Pass
+        }
+        Taken::OverLimit(tat) | Taken::Contended(tat) => over(bucket, tat, dry_run),
     }
+}
+
+/// Counts a packet over the limit on its key: dropped, or would-drop in dry run.
+#[inline(always)]
+fn over(bucket: Bucket, tat: u64, dry_run: bool) -> Decision {
+    if dry_run {
+        bucket.would_drop().increment();
+    } else {
+        bucket.dropped().increment();
+    }
+    Decision::Over(tat)
 }
 
 /// What [`take`] did with one packet.

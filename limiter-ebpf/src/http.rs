@@ -40,7 +40,7 @@ use limiter_common::{
     },
 };
 
-use crate::charging::{charge_key, count, Decision};
+use crate::charging::{charge_key_at, count, Decision};
 use crate::maps::{ANSWERS, API_KEYS, FLOWS, HTTP_SCRATCH};
 use crate::parse::{ptr_at, read};
 
@@ -481,7 +481,7 @@ fn request(
         answer_end: before.answer_end,
         _pad: 0,
     };
-    let retry_s = match charge_key(ctx, config, &key, &limit, now, dry_run) {
+    let retry_s = match charge_key_at(ctx, config, &key, &limit, now, dry_run) {
         Decision::Pass | Decision::Untracked => {
             scratch.decided = decided(FLOW_PASSED, 0);
             remember(scratch, known);

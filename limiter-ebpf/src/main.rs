@@ -23,12 +23,11 @@ mod shared;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     maps::lpm_trie::Key as LpmKey,
     programs::{TcContext, XdpContext},
 };
-use charging::{charge_key, count, Decision, CAS_ATTEMPTS};
+use charging::{charge_key, count, Clock, Decision, CAS_ATTEMPTS};
 use limiter_common::{
     bucket::FULL_BUCKET_TAT,
     charge::{self, words_to_bytes, Charge},
@@ -81,9 +80,8 @@ pub fn limiter(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match charge_key(&ctx, config, &key, &limit, now, dry_run) {
+    let mut clock = Clock::unread();
+    match charge_key(&ctx, config, &key, &limit, &mut clock, dry_run) {
         Decision::Pass => {}
         // Counted as an insert failure: a key that cannot be tracked is not limited.
         Decision::Untracked => return xdp_action::XDP_PASS,
@@ -94,7 +92,8 @@ pub fn limiter(ctx: XdpContext) -> u32 {
         let packet = http::Passed {
             l3,
             ipv6: !source.is_ipv4(),
-            now,
+            // Read already: a pass is decided on the precise clock.
+            now: clock.now(),
             dry_run,
         };
         let action = http::on_passed(&ctx, config, &packet);

@@ -14,6 +14,7 @@ use limiter_common::maps::{
     counter_index, BucketKey, BucketState, Counter, DatapathConfig, HttpConfig, RuleEntry,
     ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP,
     CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG, MAX_HTTP_PORTS, RULES_V4_MAP, RULES_V6_MAP,
+    TICK_GLOBAL,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,8 +50,14 @@ struct PinDir(PathBuf);
 
 impl XdpObject {
     /// Loads the object with `[limits] rate`/`burst`, `ipv4_prefix = 32`, `ipv6_prefix = 64`,
-    /// no rules, not in dry run.
+    /// no rules, not in dry run; the timer tick set as the agent sets it.
     pub fn load(rate: u64, burst: u64) -> XdpObject {
+        XdpObject::load_with_tick(rate, burst, limiter_common::sys::tick_ns())
+    }
+
+    /// [`XdpObject::load`] telling the program the timer tick is `tick_ns` (0: the coarse-clock
+    /// fast path off).
+    pub fn load_with_tick(rate: u64, burst: u64, tick_ns: u64) -> XdpObject {
         let path = object_path();
         assert!(
             path.exists(),
@@ -74,6 +81,7 @@ impl XdpObject {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir.0)
             .map_max_entries(BUCKETS_MAP, MAX_KEYS)
+            .override_global(TICK_GLOBAL, &tick_ns, true)
             .load_file(&path)
             .unwrap_or_else(|e| panic!("loading {}: {e:#?}", path.display()));
         let counters = PerCpuArray::try_from(

@@ -107,6 +107,7 @@ fn flood_one_key(
     let before = handled(counters);
     let passed_before = counters.per_cpu(Counter::Passed);
     let contention_before = counters.per_cpu(Counter::ContentionDrops);
+    let coarse_before: u64 = counters.per_cpu(Counter::CoarseDrops).iter().sum();
     let flood = PinnedFlood::start(senders, to, FLOOD);
     // Samples while the flood runs, to see both CPUs at work throughout, not one after the other.
     let mut samples = vec![(flood.started, before.clone())];
@@ -223,6 +224,17 @@ fn flood_one_key(
         "packets were dropped for contention, with tokens left; {summary}"
     );
 
+    // A key whose refill interval is longer than a tick and a quarter has its drops proven on
+    // the jiffies, nearly all of them (see limiter-ebpf's `charging::coarse_proof`).
+    let tick = limiter_common::sys::tick_ns();
+    if 1_000_000_000 / rate > tick + tick / 4 {
+        let coarse = counters.per_cpu(Counter::CoarseDrops).iter().sum::<u64>() - coarse_before;
+        assert!(
+            coarse * 2 > dropped,
+            "{coarse} of {dropped} drops on the jiffies; {summary}"
+        );
+    }
+
     // The limit, exact: checked on every flood.
     assert!(
         passed <= high,
@@ -303,4 +315,12 @@ fn one_key_flooded_from_two_cpus_passes_exactly_burst_plus_rate_times_t() {
 #[test]
 fn one_key_flooded_from_two_cpus_at_a_high_rate_passes_exactly_burst_plus_rate_times_t() {
     flood_one_key_from_two_cpus(100_000, 20_000);
+}
+
+/// At 50/s the refill interval (20 ms) is longer than a tick: nearly every drop is proven on the
+/// jiffies, without the precise clock, from both CPUs at once — and a pass still only on the
+/// precise clock, exactly as many as `burst + rate·t` allows, none fewer.
+#[test]
+fn one_key_flooded_from_two_cpus_at_a_low_rate_passes_exactly_burst_plus_rate_times_t() {
+    flood_one_key_from_two_cpus(50, 20);
 }

@@ -281,6 +281,16 @@ fn export(counter: Counter) -> Export {
             "limiter_contention_drops",
             "Packets dropped because their bucket's update lost to other CPUs on every retry.",
         ),
+        Counter::CoarseDrops => PerInterface(
+            "limiter_coarse_clock_drops",
+            "Of the packets dropped (or would-drop), those proven over the limit on the coarse \
+             clock, without reading the precise one.",
+        ),
+        Counter::CoarseClockLate => PerInterface(
+            "limiter_coarse_clock_late",
+            "Times the coarse clock lagged the precise one by more than the datapath assumes; \
+             its coarse-clock fast path then pauses for a second.",
+        ),
         Counter::EventsSuppressed => PerInterface(
             "limiter_events_suppressed",
             "Exhaustion events the datapath did not emit: over its per-CPU bound.",

@@ -33,7 +33,7 @@ use aya::EbpfLoader;
 use config::{Config, ConfigSource};
 use datapath::Datapath;
 use limiter_common::maps::{
-    BUCKETS_MAP, EGRESS_PROG, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES,
+    BUCKETS_MAP, EGRESS_PROG, IFACE_SLOT_GLOBAL, LIMITER_PROG, MAX_INTERFACES, TICK_GLOBAL,
 };
 use state::{AgentState, Interface};
 use std::path::{Path, PathBuf};
@@ -114,12 +114,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Held until the agent exits: one agent per pin directory.
     let _lock = pins::lock_pin_dir(&args.pin_path)?;
     pins::check_pinned_maps(object, &args.pin_path, config.agent.max_keys)?;
+    let tick = limiter_common::sys::tick_ns();
     let loader = |slot: u32| {
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&args.pin_path)
             .map_max_entries(BUCKETS_MAP, config.agent.max_keys)
-            .override_global(IFACE_SLOT_GLOBAL, &slot, true);
+            .override_global(IFACE_SLOT_GLOBAL, &slot, true)
+            .override_global(TICK_GLOBAL, &tick, true);
         loader.load(object).with_context(|| {
             format!(
                 "loading the XDP object (maps pinned under {})",

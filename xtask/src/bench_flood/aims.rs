@@ -1,6 +1,6 @@
 //! `## Where limiter stands`: the results against the aims, from the parts that ran.
 
-use super::model::{Arm, FloodResult, NEW_KEYS_PER_SEC, SCENARIOS};
+use super::model::{Arm, FloodResult, A100, NEW_KEYS_PER_SEC, SCENARIOS};
 use super::pacer::PACE_HEADROOM;
 use super::summary::{summarize, ArmSummary};
 use crate::bench;
@@ -64,6 +64,25 @@ pub(super) fn aims(
                 limiter.cap_vs_nft,
                 limiter.mpps_vs_nft,
                 verdict(limiter.cap_vs_nft >= 3.0 && limiter_vs_ipt >= 3.0)
+            );
+        }
+        let a100 = summarize(&SCENARIOS[A100], &flood.scenarios[A100]);
+        let get = |arm: Arm| a100.iter().find(|s| s.arm == arm);
+        if let (Some(limiter), Some(read)) = (get(Arm::Limiter), get(Arm::ReadDrop)) {
+            let ratio = read.ns.0 / limiter.ns.0;
+            let _ = writeln!(
+                out,
+                "| (a) at 100/s: limiter ≥ ×0.85 the `XDP_DROP` reading the source | ×{ratio:.2} \
+                 by receiver capacity ({:.0} vs {:.0} ns/packet); at 1000/s, where a tick is \
+                 longer than the refill interval and every drop reads the precise clock, ×{:.2} \
+                 | {} |",
+                limiter.ns.0,
+                read.ns.0,
+                a.iter()
+                    .find(|s| s.arm == Arm::ReadDrop)
+                    .zip(a.iter().find(|s| s.arm == Arm::Limiter))
+                    .map_or(f64::NAN, |(read, limiter)| read.ns.0 / limiter.ns.0),
+                verdict(ratio >= 0.85)
             );
         }
         let c = summarize(&SCENARIOS[2], &flood.scenarios[2]);

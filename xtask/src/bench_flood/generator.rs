@@ -1,7 +1,6 @@
 //! The traffic generator: `xdp_gen` (limiter-ebpf/src/bin/xdp_gen.rs) run with
 //! `BPF_PROG_TEST_RUN` in live-frames mode on the generator's CPU, in the sender's namespace.
 
-use super::model::GENERATOR_CPU;
 use super::ns::within;
 use crate::bench::{self, INTERRUPTED};
 use anyhow::{bail, Context};
@@ -118,16 +117,18 @@ impl Generator {
 }
 
 /// How the generator runs: frames per batch, and frames per `BPF_PROG_TEST_RUN` call — one
-/// call (`once`), or calls until stopped.
+/// call (`once`), or calls until stopped; and on which CPU (`GENERATOR_CPU` but in scenario
+/// (d): a veth hands a frame to the receiving queue of the CPU that sends it).
 #[derive(Clone, Copy)]
 pub(super) struct Calls {
     pub(super) batch: u32,
     pub(super) repeat: u32,
     pub(super) once: bool,
+    pub(super) cpu: usize,
 }
 
-/// Runs the generator on CPU 0, in the sender's namespace: one call, or calls until `stop`
-/// ([`stop_generator`]). Its thread's id is in `tid` while it runs.
+/// Runs the generator on `calls.cpu`, in the sender's namespace: one call, or calls until
+/// `stop` ([`stop_generator`]). Its thread's id is in `tid` while it runs.
 pub(super) fn generate(
     program: &Xdp,
     sender: &Sender,
@@ -140,7 +141,7 @@ pub(super) fn generate(
     let md: [u32; 6] = [0, frame.len() as u32, 0, sender.ifindex, 0, 0];
     let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
     within(sender.ns, || {
-        limiter_tests::traffic::pin_to_cpu(GENERATOR_CPU);
+        limiter_tests::traffic::pin_to_cpu(calls.cpu);
         // Ahead of ordinary work on the machine (this thread only).
         // SAFETY: plain system call on this thread.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, -10) };

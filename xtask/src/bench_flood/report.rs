@@ -166,10 +166,10 @@ pub(super) fn report(
             scenario.burst,
             thousands(scenario.capacity),
             match scenario.id {
-                'b' => " The generator offers each source ~10–100 packets/s here, so the limit \
+                "b" => " The generator offers each source ~10–100 packets/s here, so the limit \
                          is 1/s for the flood to be far over it."
                     .to_owned(),
-                'c' => well_text(scenario, scenario_result.same_load.as_ref()),
+                "c" => well_text(scenario, scenario_result.same_load.as_ref()),
                 _ => String::new(),
             }
         );
@@ -204,20 +204,20 @@ pub(super) fn report(
             };
             let _ = writeln!(
                 out,
-                "| {} | {:.2} | {:.2}–{:.2} | ×{:.2} | ×{:.2} | {:.0} | {:.0}–{:.0} | {:.1} | \
-                 ×{:.2} | ×{:.2} | {:.0}% | {:.0}% | {} | {:.0}% |{well}",
+                "| {} | {:.2} | {:.2}–{:.2} | {} | {} | {:.0} | {:.0}–{:.0} | {:.1} | \
+                 {} | {} | {:.0}% | {:.0}% | {} | {:.0}% |{well}",
                 a.arm.name(),
                 a.mpps.0,
                 a.mpps.1,
                 a.mpps.2,
-                a.mpps_vs_bare,
-                a.mpps_vs_nft,
+                times(a.mpps_vs_bare),
+                times(a.mpps_vs_nft),
                 a.ns.0,
                 a.ns.1,
                 a.ns.2,
                 1000.0 / a.ns.0,
-                a.cap_vs_bare,
-                a.cap_vs_nft,
+                times(a.cap_vs_bare),
+                times(a.cap_vs_nft),
                 100.0 * a.busy,
                 100.0 * a.ring_loss,
                 rate_text(a.passed),
@@ -433,4 +433,13 @@ fn well_text(scenario: &Scenario, load: Option<&SameLoad>) -> String {
          delivered to their socket on the receiver; it includes what the veth ring lost.",
     );
     text
+}
+
+/// A ratio as `×0.42`; `—` where the scenario has no arm to compare with.
+pub(super) fn times(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("×{ratio:.2}")
+    } else {
+        "—".to_owned()
+    }
 }

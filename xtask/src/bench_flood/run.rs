@@ -109,6 +109,7 @@ pub(super) fn run(plan: &Plan) -> anyhow::Result<FloodResult> {
                     batch: BATCH,
                     repeat: CHUNK,
                     once: false,
+                    cpu: GENERATOR_CPU,
                 },
                 &probe_stop,
                 &probe_tid,
@@ -474,6 +475,7 @@ fn measure(
                 batch: BATCH,
                 repeat: WELL_CLIENTS * WELL_WARMUP,
                 once: true,
+                cpu: GENERATOR_CPU,
             },
             &AtomicBool::new(false),
             &AtomicI32::new(0),
@@ -502,11 +504,13 @@ fn measure(
             batch: BATCH,
             repeat: CHUNK,
             once: false,
+            cpu: GENERATOR_CPU,
         },
         Load::SameForAll => Calls {
             batch: BATCH_SAME_LOAD,
             repeat: CHUNK_SAME_LOAD,
             once: false,
+            cpu: GENERATOR_CPU,
         },
     };
     config.pace_slack_ns = config.pace_interval_ns * u64::from(calls.batch);
