@@ -21,6 +21,7 @@
 //! report gives the median over the rounds with the min–max, the ratio to the bare `XDP_DROP` and
 //! the cost over it (both taken per round, then the median). Speed is reported, never asserted.
 
+use crate::bench_two_cpus::TwoCpuArm;
 use anyhow::{bail, ensure, Context};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
@@ -53,6 +54,8 @@ const DEFAULT_MAX_KEYS: u32 = 1_000_000;
 /// 198.19.0.0/16; resident IPv6 keys (/128: the limiters run with `ipv6_prefix = 128`, so that a
 /// million distinct keys are reachable from the range) are 2001:2::/96.
 const HOT_SOURCE: [u8; 4] = [198, 18, 0, 10];
+/// The key of CPU 1 where each of two CPUs floods a key of its own.
+const SECOND_HOT_SOURCE: [u8; 4] = [198, 18, 0, 11];
 const DESTINATION: [u8; 4] = [198, 18, 0, 1];
 const RESIDENT_NET: [u8; 2] = [198, 18];
 const NEW_KEY_NET: [u8; 2] = [198, 19];
@@ -462,6 +465,43 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     }
     eprintln!();
 
+    // One key from two CPUs at once, and a key each.
+    let second_hot = ipv4_udp(SECOND_HOT_SOURCE);
+    let two_cpu_arms = [
+        TwoCpuArm {
+            name: "bare XDP_DROP",
+            program: bare_prog,
+            packets: [&hot, &hot],
+            alone: "bare XDP_DROP",
+        },
+        TwoCpuArm {
+            name: "limiter, hot key from both CPUs",
+            program: sparse.program()?,
+            packets: [&hot, &hot],
+            alone: "limiter, hot key",
+        },
+        TwoCpuArm {
+            name: "limiter, a hot key per CPU",
+            program: sparse.program()?,
+            packets: [&hot, &second_hot],
+            alone: "limiter, hot key",
+        },
+        TwoCpuArm {
+            name: "limiter, hot key at 100/s from both CPUs",
+            program: at_100.program()?,
+            packets: [&hot, &hot],
+            alone: "limiter, hot key at 100/s",
+        },
+        TwoCpuArm {
+            name: "limiter, a hot key per CPU at 100/s",
+            program: at_100.program()?,
+            packets: [&hot, &second_hot],
+            alone: "limiter, hot key at 100/s",
+        },
+    ];
+    println!("measuring on two CPUs at once: {} rounds", plan.rounds);
+    let two_cpus = crate::bench_two_cpus::run(&two_cpu_arms, plan.rounds, plan.repeat)?;
+
     // Every resident key the resident-hit arm drew must have been a hit, not an insert: the
     // only keys the resident limiter created are the new-key arm's.
     let new_keys = u64::from(new_key);
@@ -477,11 +517,11 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             created_resident.saturating_sub(new_keys)
         ));
     }
-    // The hot key and the new keys.
-    if created_sparse != new_keys + 1 {
+    // The two hot keys (the second one of the part on two CPUs) and the new keys.
+    if created_sparse != new_keys + 2 {
         checks.push(format!(
             "the limiter with few keys created {created_sparse} keys, expected {}",
-            new_keys + 1
+            new_keys + 2
         ));
     }
     if insert_failed != 0 {
@@ -517,11 +557,11 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             ));
         }
     }
-    for (limiter, rate) in [(&at_100, 100), (&at_10, 10)] {
+    for (limiter, rate, keys) in [(&at_100, 100, 2), (&at_10, 10, 1)] {
         let created = limiter.counter(Counter::KeysCreated)?;
-        if created != 1 {
+        if created != keys {
             checks.push(format!(
-                "the limiter at {rate}/s created {created} keys, expected the hot key alone"
+                "the limiter at {rate}/s created {created} keys, expected the hot keys alone"
             ));
         }
     }
@@ -542,6 +582,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             spare,
             v6_pool,
             coarse_shares,
+            two_cpus: crate::bench_two_cpus::report(&two_cpu_arms, &two_cpus, &|name| {
+                steady
+                    .iter()
+                    .position(|arm| arm.name == name)
+                    .map(|i| median(&mut steady_results[i].kernel_rounds.clone()))
+            }),
         },
     );
     println!("\n{report}");
@@ -686,7 +732,7 @@ fn call_overhead_ns(program: &Xdp, packet: &[u8]) -> anyhow::Result<f64> {
 /// Runs `program` `repeat` times on `packet`; returns the last verdict and the kernel's time per
 /// run in nanoseconds (rounded down to whole ns). The kernel stops its clock while it yields the
 /// CPU to other tasks within the loop, so time the machine spends elsewhere is mostly left out.
-fn test_run(program: &Xdp, packet: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
+pub(crate) fn test_run(program: &Xdp, packet: &[u8], repeat: u32) -> anyhow::Result<(u32, u64)> {
     loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
             bail!("interrupted; the benchmark's maps were removed");
@@ -953,6 +999,16 @@ impl Limiter {
             .get(&counter_index(0, counter), 0)?
             .iter()
             .fold(0, |sum, v| sum.wrapping_add(*v)))
+    }
+
+    /// One counter, per CPU.
+    pub(crate) fn counter_per_cpu(&self, counter: Counter) -> anyhow::Result<Vec<u64>> {
+        Ok(self
+            .counters
+            .get(&counter_index(0, counter), 0)?
+            .iter()
+            .copied()
+            .collect())
     }
 
     /// Fills the bucket map with `keys` distinct keys, full buckets, with
@@ -1268,6 +1324,8 @@ struct Notes {
     v6_pool: u32,
     /// Per hot-key rate: the share of its drops proven on the jiffies.
     coarse_shares: Vec<(u64, f64)>,
+    /// The part on two CPUs at once, rendered.
+    two_cpus: String,
 }
 
 fn report(
@@ -1287,6 +1345,7 @@ fn report(
         spare,
         v6_pool,
         coarse_shares,
+        two_cpus,
     } = notes;
     let mut out = String::new();
     let command = command(plan.quick);
@@ -1418,6 +1477,7 @@ fn report(
         at(HOT_AT_100),
         at(HOT_AT_10),
     );
+    out.push_str(two_cpus);
     let _ = writeln!(
         out,
         "Resident keys: the bucket map of the \"resident\" limiter holds {resident} keys and has \

@@ -4,6 +4,7 @@ mod bench;
 mod bench_flood;
 mod bench_keys;
 mod bench_scale;
+mod bench_two_cpus;
 mod demo;
 mod install;
 mod setup;

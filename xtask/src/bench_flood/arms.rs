@@ -237,4 +237,8 @@ impl FloodLimiter {
     pub(super) fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
         self.limiter.counter(counter)
     }
+
+    pub(super) fn counter_per_cpu(&self, counter: Counter) -> anyhow::Result<Vec<u64>> {
+        self.limiter.counter_per_cpu(counter)
+    }
 }

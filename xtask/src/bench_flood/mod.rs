@@ -49,6 +49,7 @@ mod generator;
 mod model;
 mod ns;
 mod pacer;
+mod queues;
 mod receiver;
 mod report;
 mod run;
@@ -93,7 +94,10 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
     let mut flood = None;
     if wants(Part::Flood) {
         let plan = Plan::new(quick);
-        let result = run(&plan)?;
+        let mut result = run(&plan)?;
+        let queues = queues::run(&plan)?;
+        result.checks.extend(queues.checks.iter().cloned());
+        result.queues = Some(queues);
         if std::env::var_os("LIMITER_BENCH_VERBOSE").is_some() {
             print_samples(&result);
         }

@@ -300,6 +300,8 @@ pub(super) struct FloodResult {
     pub(super) secs: f64,
     pub(super) iptables_version: String,
     pub(super) nft_version: String,
+    /// Scenario (d), run after the others on a test bed of its own.
+    pub(super) queues: Option<super::queues::QueuesResult>,
 }
 
 /// Where the receiver's CPU went under one arm.

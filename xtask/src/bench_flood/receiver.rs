@@ -63,6 +63,14 @@ pub(super) struct NapiThread {
 impl NapiThread {
     /// The thread named `napi/IFACE-ID` (truncated to the 15 characters a name keeps).
     pub(super) fn find(iface: &str) -> anyhow::Result<NapiThread> {
+        let mut found = NapiThread::find_all(iface, 1).context(
+            "threaded NAPI did not take effect, so the receiver would run on the generator's CPU",
+        )?;
+        Ok(found.remove(0))
+    }
+
+    /// Every thread named `napi/IFACE-ID`: one per queue of a veth with several.
+    pub(super) fn find_all(iface: &str, expected: usize) -> anyhow::Result<Vec<NapiThread>> {
         let mut prefix = format!("napi/{iface}-");
         prefix.truncate(15);
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -74,22 +82,23 @@ impl NapiThread {
                 };
                 if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
                     if comm.trim().starts_with(&prefix) {
-                        found.push((pid, comm.trim().to_owned()));
+                        found.push(NapiThread {
+                            pid,
+                            comm: comm.trim().to_owned(),
+                        });
                     }
                 }
             }
-            match found.len() {
-                1 => {
-                    let (pid, comm) = found.remove(0);
-                    return Ok(NapiThread { pid, comm });
-                }
-                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                0 => bail!(
-                    "no NAPI thread {prefix}… for the receiving veth: threaded NAPI did not take \
-                     effect, so the receiver would run on the generator's CPU"
-                ),
-                _ => bail!("several NAPI threads match {prefix}: {found:?}"),
+            if found.len() == expected {
+                found.sort_by(|a, b| a.comm.cmp(&b.comm));
+                return Ok(found);
             }
+            ensure!(
+                found.len() < expected && Instant::now() < deadline,
+                "{} NAPI threads {prefix}… for the receiving veth, expected {expected}",
+                found.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -323,6 +323,10 @@ pub(super) fn report(
             offered.join(", "),
         );
     }
+    if let Some(queues) = &result.queues {
+        out.push_str(&super::queues::report(queues));
+        out.push('\n');
+    }
     // Profiles.
     let _ = writeln!(
         out,

@@ -49,21 +49,10 @@ pub(super) fn run(plan: &Plan) -> anyhow::Result<FloodResult> {
     // SAFETY: plain system call on this thread.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, -10) };
     let net = TestNet::new(0, 1);
+    quiet_namespaces(&net)?;
     let receiver_ns = &net.gateway;
     let sender_ns = &net.clients;
     let receiver_if = net.gateway_if.clone();
-    // No IPv6 (its neighbour and multicast traffic would be keys of their own in the
-    // limiter), no reverse-path filter (the flood's sources have no route back).
-    for ns in [receiver_ns, sender_ns] {
-        for sysctl in [
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-        ] {
-            ns_command(ns, &["sysctl", "-q", "-w", sysctl], None)?;
-        }
-    }
     let sender_ifindex = ifindex(sender_ns, &net.client_if)?;
 
     let (gen_ebpf, mut gen_obj) = load_generator(&objects.join("xdp_gen"))?;
@@ -238,7 +227,24 @@ pub(super) fn run(plan: &Plan) -> anyhow::Result<FloodResult> {
         secs: started.elapsed().as_secs_f64(),
         iptables_version,
         nft_version,
+        queues: None,
     })
+}
+
+/// No IPv6 in the test bed's namespaces (its neighbour and multicast traffic would be keys of
+/// their own in the limiter), no reverse-path filter (the flood's sources have no route back).
+pub(super) fn quiet_namespaces(net: &TestNet) -> anyhow::Result<()> {
+    for ns in [&net.gateway, &net.clients] {
+        for sysctl in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ] {
+            ns_command(ns, &["sysctl", "-q", "-w", sysctl], None)?;
+        }
+    }
+    Ok(())
 }
 
 /// The test bed: the receiver the arms are set up on, the generator and its sender, and what a

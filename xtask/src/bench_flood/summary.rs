@@ -34,7 +34,11 @@ pub(super) struct ArmSummary {
 
 pub(super) fn summarize(scenario: &Scenario, result: &ScenarioResult) -> Vec<ArmSummary> {
     let samples = |arm: Arm| &result.samples[arm.index()];
+    // NaN where the scenario has no arm `of`.
     let ratio = |arm: Arm, of: Arm, f: &dyn Fn(&Sample) -> f64| {
+        if samples(of).is_empty() {
+            return f64::NAN;
+        }
         let mut r: Vec<f64> = samples(arm)
             .iter()
             .zip(samples(of))
