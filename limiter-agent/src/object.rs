@@ -62,6 +62,7 @@ mod tests {
             (OVERRIDES_V6_MAP, lpm_key(16), size_of::<RuleEntry>()),
             (EVENT_BUDGET_MAP, 4, size_of::<EventBudget>()),
             (NEW_KEYS_MAP, 4, 8),
+            (DROP_TALLIES_MAP, 4, size_of::<DropTally>()),
         ];
         let mut wrong = Vec::new();
         for &(name, key, value) in maps {

@@ -46,6 +46,16 @@ pub const EVENT_BURST_PER_CPU: u64 = 1024;
 /// (`[agent] new_keys_per_sec`), one for all CPUs and interfaces.
 pub const NEW_KEYS_MAP: &str = "NEW_KEYS";
 
+/// Per-CPU array of [`DropTally`], [`DROP_TALLY_SLOTS`] per CPU: the drops of keys over their
+/// limit, counted on the CPU that dropped them instead of in their bucket (see [`DropTally`]).
+pub const DROP_TALLIES_MAP: &str = "DROP_TALLIES";
+/// Slots of [`DROP_TALLIES_MAP`] per CPU (a power of two); a key's is [`drop_tally_slot`].
+pub const DROP_TALLY_SLOTS: u32 = 64;
+/// A slot whose key has dropped nothing over this many jiffies (64 ms at 1000 Hz, 640 ms at
+/// 100 Hz), as another key that wanted it saw, goes to that key: the datapath adds what it held
+/// to its old key's bucket then.
+pub const DROP_TALLY_IDLE_JIFFIES: u64 = 64;
+
 /// Name of the XDP program attached to interfaces.
 pub const LIMITER_PROG: &str = "limiter";
 /// Name of the TC egress program attached beside the XDP program: the gateway's side of
@@ -204,7 +214,7 @@ pub const DEFAULT_RULE_ID: u32 = 0;
 /// The rule is part of the key so that sources of one prefix that match different rules never
 /// share a bucket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BucketKey {
     pub family: u8,
     pub prefix_len: u8,
@@ -238,6 +248,89 @@ pub struct BucketState {
     /// Per-key `BUCKET_*` bits, changed with atomic and/or only. 64 bits wide: 64-bit atomics
     /// lower for every BPF CPU, 32-bit ones only with alu32 (`-C target-cpu=v3`).
     pub flags: u64,
+}
+
+/// One CPU's count of one key's drops, in the slot [`drop_tally_slot`] of the key (56 bytes).
+///
+/// A key flooded through several receive queues is charged by every CPU at once; were each drop
+/// counted in its bucket, every CPU would write the bucket's cache line on every packet and take
+/// it from the others (a packet then costs twice as much, measured). So a key over its limit
+/// counts its drops in a slot of this CPU's own: its bucket is only read, and its line stays in
+/// every CPU's cache. A slot belongs to a key while the key drops: a key whose slot another key
+/// holds counts in its bucket as before, and a slot found idle for [`DROP_TALLY_IDLE_JIFFIES`]
+/// (or empty) goes to the next key that needs it, its counts added to its old key's bucket. What
+/// a key dropped is its bucket's count plus what the CPUs' slots hold for it ([`add_tallied`]).
+/// The key counting here pays a compare and an increment: idleness is for the other keys to
+/// find out (`probe_*`), on their own path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropTally {
+    pub key: BucketKey,
+    /// Drops (`BucketState::dropped`) and would-drops in dry run not yet in the bucket.
+    pub dropped: u64,
+    pub would_drop: u64,
+    /// What another key wanting the slot saw last: the count held then, and when
+    /// (`bpf_jiffies64`). A count that has not moved since a look at least
+    /// [`DROP_TALLY_IDLE_JIFFIES`] ago means an idle slot.
+    pub probe_count: u64,
+    pub probe_jiffies: u64,
+}
+
+impl DropTally {
+    /// Holds nothing: free for any key.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.dropped | self.would_drop == 0
+    }
+
+    /// What it holds: drops and would-drops.
+    #[inline(always)]
+    pub fn held(&self) -> u64 {
+        self.dropped.wrapping_add(self.would_drop)
+    }
+
+    /// Another key wants the slot at `jiffies`: whether it may have it — empty, or its count
+    /// unmoved since a look at least [`DROP_TALLY_IDLE_JIFFIES`] ago. Otherwise the look is
+    /// remembered (when the count moved, from now).
+    #[inline(always)]
+    pub fn may_take(&mut self, jiffies: u64) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let held = self.held();
+        if held != self.probe_count {
+            self.probe_count = held;
+            self.probe_jiffies = jiffies;
+            return false;
+        }
+        jiffies.wrapping_sub(self.probe_jiffies) >= DROP_TALLY_IDLE_JIFFIES
+    }
+}
+
+/// The slot of [`DROP_TALLIES_MAP`] (on every CPU) where `key`'s drops may be counted.
+#[inline(always)]
+pub fn drop_tally_slot(key: &BucketKey) -> u32 {
+    let word = |i: usize| {
+        u32::from_ne_bytes([
+            key.addr[i],
+            key.addr[i + 1],
+            key.addr[i + 2],
+            key.addr[i + 3],
+        ])
+    };
+    // The first 64 bits of the address (all of IPv4, a /64's prefix) and the rule: a light
+    // mix, on every drop. Keys alike in these share a slot; the first to take it counts there.
+    let mixed = (word(0) ^ word(4).rotate_left(16) ^ key.rule_id).wrapping_mul(0x9e37_79b1);
+    mixed >> (32 - DROP_TALLY_SLOTS.trailing_zeros())
+}
+
+/// Adds to `state` (read from the bucket map) what the CPUs' slots hold for `key`: `tallies`
+/// are the per-CPU values of its slot, [`drop_tally_slot`].
+pub fn add_tallied(state: &mut BucketState, key: &BucketKey, tallies: &[DropTally]) {
+    for tally in tallies.iter().filter(|t| t.key == *key) {
+        state.dropped += tally.dropped;
+        state.would_drop += tally.would_drop;
+    }
 }
 
 /// `BucketState::flags`: an [`ExhaustionEvent`] was emitted (or suppressed) for this key's
@@ -495,6 +588,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BucketState {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropTally {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DatapathConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleEntry {}
@@ -544,6 +639,80 @@ mod tests {
             size_of::<BucketKey>() + 8 + 4 + 4
         );
         assert_eq!(size_of::<EventBudget>(), 8 + 8);
+        assert_eq!(size_of::<DropTally>(), size_of::<BucketKey>() + 4 * 8);
+    }
+
+    fn key(addr: [u8; 4], rule_id: u32) -> BucketKey {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&addr);
+        BucketKey {
+            family: FAMILY_IPV4,
+            prefix_len: 32,
+            _pad: 0,
+            rule_id,
+            addr: bytes,
+        }
+    }
+
+    #[test]
+    fn drop_tally_slots_are_in_range_and_spread_neighbours() {
+        let mut used = std::collections::HashSet::new();
+        for host in 0..=255u8 {
+            let slot = drop_tally_slot(&key([198, 18, 0, host], 0));
+            assert!(slot < DROP_TALLY_SLOTS);
+            used.insert(slot);
+        }
+        // 256 neighbouring sources over 64 slots: nearly every slot used.
+        assert!(used.len() >= 48, "{} slots used", used.len());
+        assert_ne!(
+            drop_tally_slot(&key([198, 18, 0, 1], 0)),
+            drop_tally_slot(&key([198, 18, 0, 1], 1)),
+            "another rule, another slot (for these two)"
+        );
+    }
+
+    #[test]
+    fn a_slot_goes_to_another_key_once_seen_idle_long_enough() {
+        let mut tally = DropTally::default();
+        assert!(tally.may_take(5), "empty");
+        tally.dropped = 3;
+        assert!(!tally.may_take(100), "first look");
+        tally.dropped = 4;
+        assert!(
+            !tally.may_take(100 + DROP_TALLY_IDLE_JIFFIES),
+            "it moved since"
+        );
+        assert!(
+            !tally.may_take(100 + 2 * DROP_TALLY_IDLE_JIFFIES - 1),
+            "not long enough"
+        );
+        assert!(
+            tally.may_take(100 + 2 * DROP_TALLY_IDLE_JIFFIES),
+            "unmoved since the look"
+        );
+    }
+
+    #[test]
+    fn what_a_key_dropped_is_its_bucket_plus_its_own_tallies() {
+        let mine = key([198, 18, 0, 1], 0);
+        let other = key([198, 18, 0, 2], 0);
+        let tally = |key, dropped, would_drop| DropTally {
+            key,
+            dropped,
+            would_drop,
+            ..DropTally::default()
+        };
+        let mut state = BucketState {
+            dropped: 10,
+            would_drop: 1,
+            ..BucketState::default()
+        };
+        add_tallied(
+            &mut state,
+            &mine,
+            &[tally(mine, 5, 0), tally(other, 100, 100), tally(mine, 7, 2)],
+        );
+        assert_eq!((state.dropped, state.would_drop), (22, 3));
     }
 
     #[test]

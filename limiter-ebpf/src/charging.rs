@@ -17,13 +17,13 @@ use core::ptr::read_volatile;
 use limiter_common::{
     bucket::{admit, over_limit_until, Limit, FULL_BUCKET_TAT},
     maps::{
-        counter_index, BucketKey, BucketState, Counter, DatapathConfig, ExhaustionEvent,
-        BUCKET_EXHAUSTED_NOTIFIED, CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU,
+        counter_index, drop_tally_slot, BucketKey, BucketState, Counter, DatapathConfig, DropTally,
+        ExhaustionEvent, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_LIMIT_NEW_KEYS, EVENTS_PER_SEC_PER_CPU,
         EVENT_BURST_PER_CPU, EVENT_DRY_RUN,
     },
 };
 
-use crate::maps::{BUCKETS, COUNTERS, EVENTS, EVENT_BUDGET, NEW_KEYS};
+use crate::maps::{BUCKETS, COUNTERS, DROP_TALLIES, EVENTS, EVENT_BUDGET, NEW_KEYS};
 use crate::shared::{Bucket, Word};
 
 /// How often a packet retries its compare-and-swap when other CPUs update the same bucket at the
@@ -160,20 +160,21 @@ fn charge_key_with(
     if let Some(state) = BUCKETS.get_ptr_mut(key) {
         // SAFETY: a lookup in BUCKETS of this run.
         let bucket = unsafe { Bucket::new(state) };
-        let coarse = if try_coarse {
+        let notified = bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED != 0;
+        let coarse = if try_coarse && notified {
             coarse_proof(bucket, limit)
         } else {
             Coarse::Unused
         };
         if let Coarse::Over(tat) = coarse {
             count(Counter::CoarseDrops);
-            return over(bucket, tat, dry_run);
+            return over(bucket, key, notified, tat, dry_run);
         }
         let now = clock.now();
         if let Coarse::Undecided(jiffies) = coarse {
             learn_jiffies(jiffies, now);
         }
-        return charge(ctx, key, bucket, now, limit, dry_run);
+        return charge(ctx, key, bucket, notified, now, limit, dry_run);
     }
     let now = clock.now();
     // First packet of this key. Over `[agent] new_keys_per_sec` it is refused and no key is
@@ -205,8 +206,12 @@ fn charge_key_with(
         }
         // Another CPU created the bucket between our lookup and insert: charge that one.
         Err(err) if err == -EEXIST => match BUCKETS.get_ptr_mut(key) {
-            // SAFETY: a lookup in BUCKETS of this run.
-            Some(state) => charge(ctx, key, unsafe { Bucket::new(state) }, now, limit, dry_run),
+            Some(state) => {
+                // SAFETY: a lookup in BUCKETS of this run.
+                let bucket = unsafe { Bucket::new(state) };
+                let notified = bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED != 0;
+                charge(ctx, key, bucket, notified, now, limit, dry_run)
+            }
             None => insert_failed(),
         },
         Err(_) => insert_failed(),
@@ -232,13 +237,10 @@ enum Coarse {
 /// only ever decided on the precise clock.
 #[inline(always)]
 fn coarse_proof(bucket: Bucket, limit: &Limit) -> Coarse {
+    if !jiffies_can_prove(limit) {
+        return Coarse::Unused;
+    }
     let tick = tick_ns();
-    if tick == 0 || limit.interval_ns <= tick + tick / LATE_TICK {
-        return Coarse::Unused;
-    }
-    if bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED == 0 {
-        return Coarse::Unused;
-    }
     // SAFETY: a helper without arguments.
     let jiffies = unsafe { bpf_jiffies64() };
     // SAFETY: words of this program's .data, written whole (see `learn_jiffies`).
@@ -251,12 +253,8 @@ fn coarse_proof(bucket: Bucket, limit: &Limit) -> Coarse {
     if jiffies < paused_until {
         return Coarse::Unused;
     }
-    // The key's over-limit count picks the samples: a value at hand, on the line just read.
-    let over_so_far = bucket
-        .dropped()
-        .load()
-        .wrapping_add(bucket.would_drop().load());
-    if base == i64::MAX || over_so_far % COARSE_SAMPLE == COARSE_SAMPLE - 1 {
+    // The key's over-limit count picks the samples.
+    if base == i64::MAX || over_so_far() % COARSE_SAMPLE == COARSE_SAMPLE - 1 {
         return Coarse::Undecided(jiffies);
     }
     let latest = latest_ns(base, jiffies, tick);
@@ -266,6 +264,15 @@ fn coarse_proof(bucket: Bucket, limit: &Limit) -> Coarse {
     } else {
         Coarse::Undecided(jiffies)
     }
+}
+
+/// Whether the jiffies can ever prove a packet of a key under `limit` over it: the fast path is
+/// on, and the refill interval is longer than a tick and a late tick's delay (else the jiffies
+/// are not read at all).
+#[inline(always)]
+fn jiffies_can_prove(limit: &Limit) -> bool {
+    let tick = tick_ns();
+    tick != 0 && limit.interval_ns > tick + tick / LATE_TICK
 }
 
 /// The latest precise time `jiffies` allow, ns.
@@ -325,29 +332,30 @@ fn insert_failed() -> Decision {
     Decision::Untracked
 }
 
-/// Charges one packet to an existing bucket.
+/// Charges one packet to an existing bucket. `notified`: its exhaustion flag as read.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn charge(
     ctx: &XdpContext,
     key: &BucketKey,
     bucket: Bucket,
+    notified: bool,
     now: u64,
     limit: &Limit,
     dry_run: bool,
 ) -> Decision {
-    let taken = take(bucket.tat(), now, limit);
-    // The exhaustion flag: one load of the value already at hand on the common paths (a pass,
-    // a drop of a key already reported); a write only when the key changes state.
-    let notified = bucket.flags().load() & BUCKET_EXHAUSTED_NOTIFIED != 0;
-    match taken {
-        // Cleared only once the key has a packet to spare after this one: a key held at its
-        // rate passes a packet now and then and is still exhausted — no new event for it.
+    match take(bucket.tat(), now, limit) {
+        // The exhaustion flag is cleared only once the key has a packet to spare after this
+        // one: a key held at its rate passes a packet now and then and is still exhausted — no
+        // new event for it.
         Taken::Passed(tat) => {
             if notified && admit(tat, now, limit).is_some() {
                 bucket.flags().clear(BUCKET_EXHAUSTED_NOTIFIED);
             }
+            bucket.passed().increment();
+            Decision::Pass
         }
-        Taken::OverLimit(_) => {
+        Taken::OverLimit(tat) => {
             if !notified {
                 let before = bucket.flags().fetch_or(BUCKET_EXHAUSTED_NOTIFIED);
                 // Of the CPUs that found it clear at once, only the one that set it reports.
@@ -355,27 +363,105 @@ fn charge(
                     exhausted(ctx, key, now, dry_run);
                 }
             }
+            over(bucket, key, notified, tat, dry_run)
         }
-        Taken::Contended(_) => count(Counter::ContentionDrops),
-    }
-    match taken {
-        Taken::Passed(_) => {
-            bucket.passed().increment();
-            Decision::Pass
+        Taken::Contended(tat) => {
+            count(Counter::ContentionDrops);
+            over(bucket, key, notified, tat, dry_run)
         }
-        Taken::OverLimit(tat) | Taken::Contended(tat) => over(bucket, tat, dry_run),
     }
 }
 
-/// Counts a packet over the limit on its key: dropped, or would-drop in dry run.
+/// Counts a packet over the limit on its key — dropped, or would-drop in dry run. A key
+/// reported exhausted already (`notified`) is most likely over its limit again and again: its
+/// drops are counted in this CPU's tally when it can have it (see `DropTally`), else in the
+/// bucket.
 #[inline(always)]
-fn over(bucket: Bucket, tat: u64, dry_run: bool) -> Decision {
-    if dry_run {
-        bucket.would_drop().increment();
-    } else {
-        bucket.dropped().increment();
+fn over(bucket: Bucket, key: &BucketKey, notified: bool, tat: u64, dry_run: bool) -> Decision {
+    let tallied = notified && Tally::of(key).is_some_and(|tally| tally.count(key, dry_run));
+    if !tallied {
+        if dry_run {
+            bucket.would_drop().increment();
+        } else {
+            bucket.dropped().increment();
+        }
     }
     Decision::Over(tat)
+}
+
+/// This CPU's drop tally slot for a key (see `DropTally`).
+#[derive(Clone, Copy)]
+struct Tally {
+    slot: *mut DropTally,
+}
+
+impl Tally {
+    #[inline(always)]
+    fn of(key: &BucketKey) -> Option<Tally> {
+        let slot = DROP_TALLIES.get_ptr_mut(drop_tally_slot(key))?;
+        Some(Tally { slot })
+    }
+
+    /// Counts a drop of `key` here: when the slot is the key's, or empty, or found idle long
+    /// enough to be taken over (see [`take_over`]). `false`: another key's, busy — the drop is
+    /// to be counted in the bucket.
+    #[inline(always)]
+    fn count(self, key: &BucketKey, dry_run: bool) -> bool {
+        // SAFETY: a per-CPU array value of this run: no other CPU touches it, and nothing else
+        // in this run holds a reference to it.
+        let tally = unsafe { &mut *self.slot };
+        if tally.key != *key && !take_over(tally, key) {
+            return false;
+        }
+        if dry_run {
+            tally.would_drop += 1;
+        } else {
+            tally.dropped += 1;
+        }
+        true
+    }
+}
+
+/// Gives `tally` to `key` if it may have it (`DropTally::may_take`), what it held going to its
+/// old key's bucket (gone, evicted: to nothing). Out of line: the key counting in its own slot,
+/// the path of every packet of a flood, does not carry it.
+#[inline(never)]
+fn take_over(tally: &mut DropTally, key: &BucketKey) -> bool {
+    // SAFETY: a helper without arguments.
+    if !tally.may_take(unsafe { bpf_jiffies64() }) {
+        return false;
+    }
+    if !tally.is_empty() {
+        // The key is read by the helper from the map value itself.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        if let Some(state) = BUCKETS.get_ptr_mut(&tally.key) {
+            // SAFETY: a lookup in BUCKETS of this run.
+            let bucket = unsafe { Bucket::new(state) };
+            bucket.dropped().add(tally.dropped);
+            bucket.would_drop().add(tally.would_drop);
+        }
+    }
+    *tally = DropTally {
+        key: *key,
+        probe_count: u64::MAX,
+        ..DropTally::default()
+    };
+    true
+}
+
+/// How many packets over their limit this CPU has had on this interface (dropped, or let
+/// through by dry run): a count that moves with every one — the coarse clock's samples are
+/// picked by it.
+#[inline(always)]
+fn over_so_far() -> u64 {
+    let slot = iface_slot();
+    let read = |counter| {
+        COUNTERS
+            .get(counter_index(slot, counter))
+            .copied()
+            .unwrap_or(0)
+    };
+    read(Counter::Dropped).wrapping_add(read(Counter::WouldDrop))
 }
 
 /// What [`take`] did with one packet.

@@ -7,8 +7,9 @@ use aya_ebpf::{
 use limiter_common::{
     http::Answer,
     maps::{
-        ApiKeyEntry, BucketKey, BucketState, DatapathConfig, EventBudget, FlowKey, FlowState,
-        RuleEntry, COUNTER_ENTRIES, EVENTS_BYTES, MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_RULES,
+        ApiKeyEntry, BucketKey, BucketState, DatapathConfig, DropTally, EventBudget, FlowKey,
+        FlowState, RuleEntry, COUNTER_ENTRIES, DROP_TALLY_SLOTS, EVENTS_BYTES, MAX_API_KEYS,
+        MAX_FLOWS, MAX_PLANS, MAX_RULES,
     },
 };
 
@@ -17,6 +18,11 @@ use crate::http::Scratch;
 /// One bucket per tracked key. `max_entries` is set by the agent from `[agent] max_keys`.
 #[map]
 pub static BUCKETS: LruHashMap<BucketKey, BucketState> = LruHashMap::pinned(1, 0);
+
+/// Each CPU's counts of the drops of keys over their limit (`DropTally`): a key flooded from
+/// several CPUs is then only read by them, not written on every packet.
+#[map]
+pub static DROP_TALLIES: PerCpuArray<DropTally> = PerCpuArray::pinned(DROP_TALLY_SLOTS, 0);
 
 /// The configuration the agent writes; index 0.
 #[map]

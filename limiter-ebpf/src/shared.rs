@@ -48,8 +48,14 @@ impl Word {
     /// Adds one; atomic.
     #[inline(always)]
     pub fn increment(self) {
+        self.add(1);
+    }
+
+    /// Adds `n`; atomic.
+    #[inline(always)]
+    pub fn add(self, n: u64) {
         // SAFETY: as in `load`; an atomic instruction.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, 1) };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, n) };
     }
 
     /// Sets `bits`; the value before.

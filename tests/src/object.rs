@@ -11,10 +11,10 @@ use aya::{Ebpf, EbpfLoader};
 use limiter_common::bucket::Limit;
 use limiter_common::http::{Answer, KeyHeaders};
 use limiter_common::maps::{
-    counter_index, BucketKey, BucketState, Counter, DatapathConfig, HttpConfig, RuleEntry,
-    ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP, CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP,
-    CONFIG_MAP, COUNTERS_MAP, LIMITER_PROG, MAX_HTTP_PORTS, RULES_V4_MAP, RULES_V6_MAP,
-    TICK_GLOBAL,
+    add_tallied, counter_index, drop_tally_slot, BucketKey, BucketState, Counter, DatapathConfig,
+    DropTally, HttpConfig, RuleEntry, ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP, CONFIG_HAS_RULES_V4,
+    CONFIG_HAS_RULES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP, DROP_TALLIES_MAP, LIMITER_PROG,
+    MAX_HTTP_PORTS, RULES_V4_MAP, RULES_V6_MAP, TICK_GLOBAL,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -207,11 +207,29 @@ impl XdpObject {
         config.set(0, value, 0).expect("writing CONFIG");
     }
 
-    /// The bucket of `key`, if the program tracks it.
+    /// The bucket of `key`, if the program tracks it, with the drops the CPUs tallied for it
+    /// (`DropTally`) added, as the agent shows it.
     pub fn bucket(&self, key: &BucketKey) -> Option<BucketState> {
+        let mut state = self.raw_bucket(key)?;
+        add_tallied(&mut state, key, &self.tallies(key));
+        Some(state)
+    }
+
+    /// The bucket of `key` as the map holds it, without what the CPUs tallied.
+    pub fn raw_bucket(&self, key: &BucketKey) -> Option<BucketState> {
         let buckets: HashMap<_, BucketKey, BucketState> =
             HashMap::try_from(self.ebpf.map(BUCKETS_MAP).expect("BUCKETS")).unwrap();
         buckets.get(key, 0).ok()
+    }
+
+    /// The drop tally slot of `key`, every CPU's (whatever key each holds).
+    pub fn tallies(&self, key: &BucketKey) -> Vec<DropTally> {
+        let tallies: PerCpuArray<_, DropTally> =
+            PerCpuArray::try_from(self.ebpf.map(DROP_TALLIES_MAP).expect("DROP_TALLIES")).unwrap();
+        let slot = tallies
+            .get(&drop_tally_slot(key), 0)
+            .expect("reading DROP_TALLIES");
+        slot.iter().copied().collect()
     }
 
     /// Runs the program once on `packet`; its verdict and the frame as the program left it.

@@ -13,11 +13,11 @@ use limiter_common::charge::{self, Charge};
 use limiter_common::http::Answer;
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
-    counter_index, ApiKeyEntry, BucketKey, BucketState, Counter, DatapathConfig, ResetRequest,
-    RuleEntry, ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4,
-    CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES,
-    DEFAULT_RULE_ID, MAX_INTERFACES, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP,
-    RULES_V6_MAP,
+    add_tallied, counter_index, drop_tally_slot, ApiKeyEntry, BucketKey, BucketState, Counter,
+    DatapathConfig, DropTally, ResetRequest, RuleEntry, ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP,
+    CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
+    COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS, MAX_INTERFACES,
+    OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
 use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct Datapath {
     /// Owns the programs; the maps below were taken out of it.
     ebpf: Ebpf,
     buckets: HashMap<MapData, BucketKey, BucketState>,
+    /// The drops the CPUs counted for keys over their limit, not yet in their buckets.
+    tallies: PerCpuArray<MapData, DropTally>,
     config_map: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     /// The configured rules.
@@ -167,6 +169,7 @@ impl Datapath {
         let buckets = HashMap::try_from(take(BUCKETS_MAP)?)?;
         let config = Array::try_from(take(CONFIG_MAP)?)?;
         let counters = PerCpuArray::try_from(take(COUNTERS_MAP)?)?;
+        let tallies = PerCpuArray::try_from(take(DROP_TALLIES_MAP)?)?;
         let rules = RuleTries {
             v4: LpmTrie::try_from(take(RULES_V4_MAP)?)?,
             v6: LpmTrie::try_from(take(RULES_V6_MAP)?)?,
@@ -187,6 +190,7 @@ impl Datapath {
             buckets,
             config_map: config,
             counters,
+            tallies,
             rules,
             overrides,
             limits: StdHashMap::new(),
@@ -394,15 +398,44 @@ impl Datapath {
         CounterSums::read(&self.counters)
     }
 
-    /// Calls `visit` for every tracked key, reading the map in batches.
+    /// Calls `visit` for every tracked key, reading the map in batches; its drops are the
+    /// bucket's and those the CPUs tallied for it (`DropTally`).
     pub fn for_each_bucket(
         &self,
-        visit: impl FnMut(&BucketKey, &BucketState),
+        mut visit: impl FnMut(&BucketKey, &BucketState),
     ) -> anyhow::Result<()> {
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
+        let tallies = (0..DROP_TALLY_SLOTS)
+            .map(|slot| self.tally_slot(slot))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let fd = self.buckets.map().fd().as_fd().as_raw_fd();
-        limiter_common::batch::for_each_bucket(fd, visit).context("reading the BUCKETS map")
+        limiter_common::batch::for_each_bucket(fd, |key, state| {
+            let mut state = *state;
+            add_tallied(&mut state, key, &tallies[drop_tally_slot(key) as usize]);
+            visit(key, &state);
+        })
+        .context("reading the BUCKETS map")
+    }
+
+    /// One key's bucket, its tallied drops added; `None` when it is not tracked.
+    fn bucket(&self, key: &BucketKey) -> anyhow::Result<Option<BucketState>> {
+        let mut state = match self.buckets.get(key, 0) {
+            Ok(state) => state,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(err) => return Err(err).context("looking up the BUCKETS map"),
+        };
+        add_tallied(&mut state, key, &self.tally_slot(drop_tally_slot(key))?);
+        Ok(Some(state))
+    }
+
+    /// Slot `slot` of the drop tallies, every CPU's.
+    fn tally_slot(&self, slot: u32) -> anyhow::Result<Vec<DropTally>> {
+        let values = self
+            .tallies
+            .get(&slot, 0)
+            .context("reading the DROP_TALLIES map")?;
+        Ok(values.iter().copied().collect())
     }
 
     /// The name and limit `key`'s bucket is under.
@@ -490,13 +523,8 @@ impl Datapath {
     /// The bucket of the API key whose token hashes to `hash`, as a list of one (or none).
     pub fn select_api_key(&self, hash: u64) -> anyhow::Result<KeyList> {
         let key = charge::api_key(hash);
-        let mut entries = Vec::new();
-        match self.buckets.get(&key, 0) {
-            Ok(state) => entries.push((key, state)),
-            Err(MapError::KeyNotFound) => {}
-            Err(err) => return Err(err).context("looking up the BUCKETS map"),
-        }
-        Ok(self.key_list(entries, monotonic_now_ns()))
+        let entries = self.bucket(&key)?.map(|state| (key, state));
+        Ok(self.key_list(entries.into_iter().collect(), monotonic_now_ns()))
     }
 
     /// The tracked API keys whose fingerprint starts with `start` (at most `keep`), and how
@@ -544,11 +572,7 @@ impl Datapath {
         if let Charge::Bucket { key, .. } =
             charge::charge(&source.source(), self.written(), entry.as_ref())
         {
-            match self.buckets.get(&key, 0) {
-                Ok(state) => entries.push((key, state)),
-                Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("looking up the BUCKETS map"),
-            }
+            entries.extend(self.bucket(&key)?.map(|state| (key, state)));
         }
         Ok(self.key_list(entries, now))
     }

@@ -85,6 +85,17 @@ pub(super) fn aims(
                 verdict(ratio >= 0.85)
             );
         }
+        if let Some(queues) = &flood.queues {
+            let (ratio, contention, one_queue) = super::queues::aim(queues);
+            let _ = writeln!(
+                out,
+                "| (d) one key over two queues: limiter ≥ ×0.8 the two-queue floor, no \
+                 contention drop | ×{ratio:.2} by receiver capacity (×{one_queue:.2} on one \
+                 queue); {contention} contention drops, every pass count within burst + rate·t \
+                 | {} |",
+                verdict(ratio >= 0.8 && contention == 0)
+            );
+        }
         let c = summarize(&SCENARIOS[2], &flood.scenarios[2]);
         let get = |arm: Arm| c.iter().find(|s| s.arm == arm);
         if let (Some(limiter), Some(bounded)) = (get(Arm::Limiter), get(Arm::LimiterNewKeys)) {
