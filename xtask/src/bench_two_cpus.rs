@@ -101,5 +101,6 @@ pub(crate) fn report(
             arm.name, arm.alone
         );
     }
+    out.push('\n');
     out
 }
