@@ -12,6 +12,7 @@ pub mod charge;
 pub mod http;
 pub mod keyhash;
 pub mod maps;
+pub mod quota;
 
 #[cfg(feature = "user")]
 pub mod batch;

@@ -1,0 +1,279 @@
+//! Quotas: so many requests per calendar window in UTC — a minute, an hour, a day, a month —
+//! counted exactly and rolled over at the window's end. This module is the arithmetic both
+//! sides share: which window a moment is in, and the count of one key in its window as one
+//! 64-bit word a compare-and-swap can update (the window's tag and the requests used).
+//!
+//! Time is POSIX UTC seconds: days of 86 400 s, so a minute, an hour and a day are divisions
+//! of it, and a leap second is not a second of its own — the clock repeats (or smears) one, so
+//! the window it falls in lasts a second longer in real time; no window is skipped or handed
+//! out twice. Months are calendar months (proleptic Gregorian), of 28 to 31 days.
+
+/// How long a quota's window is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Period {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+pub const SECS_PER_DAY: u64 = 86_400;
+
+impl Period {
+    pub const ALL: [Period; 4] = [Period::Minute, Period::Hour, Period::Day, Period::Month];
+
+    /// Its name in the configuration and the JSON (`"minute"` …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Period> {
+        Period::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Its length in seconds when fixed: every period but the month.
+    pub const fn fixed_secs(self) -> Option<u64> {
+        match self {
+            Period::Minute => Some(60),
+            Period::Hour => Some(3600),
+            Period::Day => Some(SECS_PER_DAY),
+            Period::Month => None,
+        }
+    }
+}
+
+/// One window of a period: `[start, end)` in UTC seconds, and its tag — a number that grows by
+/// one from a window to the next (minutes, hours or days since 1970, or months since year 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: u64,
+    pub end: u64,
+    pub tag: u32,
+}
+
+/// The window of `period` that holds the moment `utc_secs`.
+pub fn window(period: Period, utc_secs: u64) -> Window {
+    match period.fixed_secs() {
+        Some(secs) => {
+            let index = utc_secs / secs;
+            Window {
+                start: index * secs,
+                end: (index + 1) * secs,
+                tag: index as u32,
+            }
+        }
+        None => {
+            let (year, month, _) = civil_from_days((utc_secs / SECS_PER_DAY) as i64);
+            let (next_year, next_month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
+            Window {
+                start: days_from_civil(year, month, 1) as u64 * SECS_PER_DAY,
+                end: days_from_civil(next_year, next_month, 1) as u64 * SECS_PER_DAY,
+                tag: (year * 12 + i64::from(month) - 1) as u32,
+            }
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (`month` 1–12, `day` 1–31): the
+/// well-known `days_from_civil` of H. Hinnant's calendar algorithms, in eras of 400 years.
+pub const fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day since 1970-01-01: (year, month 1–12, day 1–31); the inverse of
+/// [`days_from_civil`].
+pub const fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    (year, month, day)
+}
+
+/// A key's count in its quota window, as one word: the window's tag in the high half, the
+/// requests used in it in the low half (so a quota is at most `u32::MAX` requests a window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub tag: u32,
+    pub used: u32,
+}
+
+impl Usage {
+    pub const fn from_word(word: u64) -> Usage {
+        Usage {
+            tag: (word >> 32) as u32,
+            used: word as u32,
+        }
+    }
+
+    pub const fn word(self) -> u64 {
+        ((self.tag as u64) << 32) | self.used as u64
+    }
+}
+
+/// What taking one request from a quota decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Within the quota: the word to write (compare-and-swap against the one read).
+    Within(u64),
+    /// The quota of the window is used up.
+    Over,
+}
+
+/// Takes one request from the quota `limit` at a moment of window `tag`, the key's count being
+/// `word`. A later window starts from zero. An earlier one — the clock stepped back into a
+/// window already spent (NTP) — is charged to the window the count is in: a clock that jumps
+/// back never hands out a second quota.
+pub const fn take(word: u64, tag: u32, limit: u32) -> Take {
+    let usage = Usage::from_word(word);
+    let used = if tag > usage.tag { 0 } else { usage.used };
+    let tag = if tag > usage.tag { tag } else { usage.tag };
+    if used >= limit {
+        return Take::Over;
+    }
+    Take::Within(
+        Usage {
+            tag,
+            used: used + 1,
+        }
+        .word(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn date(year: i64, month: u32, day: u32) -> u64 {
+        days_from_civil(year, month, day) as u64 * SECS_PER_DAY
+    }
+
+    #[test]
+    fn calendar_dates_round_trip_and_match_known_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 28), 20_785);
+        for days in -800_000..800_000i64 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn months_have_their_real_length() {
+        let len = |y, m| {
+            let w = window(Period::Month, date(y, m, 1) + 5);
+            (w.end - w.start) / SECS_PER_DAY
+        };
+        assert_eq!(len(2026, 1), 31);
+        assert_eq!(len(2026, 2), 28);
+        assert_eq!(len(2028, 2), 29, "a leap year");
+        assert_eq!(len(2100, 2), 28, "a century is not a leap year");
+        assert_eq!(len(2000, 2), 29, "every fourth century is");
+        assert_eq!(len(2026, 4), 30);
+        assert_eq!(len(2026, 12), 31, "December ends in the next year");
+        assert_eq!(
+            window(Period::Month, date(2026, 12, 31) + SECS_PER_DAY - 1).end,
+            date(2027, 1, 1)
+        );
+    }
+
+    #[test]
+    fn the_last_second_of_a_window_is_in_it_and_the_next_is_not() {
+        for period in Period::ALL {
+            let first = window(period, date(2026, 11, 28) + 12 * 3600);
+            let last = window(period, first.end - 1);
+            let next = window(period, first.end);
+            assert_eq!(last, first, "{period:?}");
+            assert_eq!(next.start, first.end, "{period:?}");
+            assert_eq!(next.tag, first.tag + 1, "{period:?}: tags count windows");
+        }
+    }
+
+    /// A leap second (23:59:60 UTC) is not a POSIX second: CLOCK_REALTIME shows 23:59:59
+    /// twice (or the kernel smears it), so both readings fall in the day that ends and the next
+    /// day starts at its midnight as always: the day's window lasts 86 401 real seconds, and
+    /// the next one's quota is not touched before it starts.
+    #[test]
+    fn a_leap_second_lengthens_its_window_and_skips_none() {
+        let end_of_2016 = date(2017, 1, 1) - 1;
+        let day = window(Period::Day, end_of_2016);
+        // The repeated 23:59:59: the same window, twice.
+        assert_eq!(window(Period::Day, end_of_2016), day);
+        assert_eq!(window(Period::Day, end_of_2016 + 1).tag, day.tag + 1);
+        assert_eq!(window(Period::Month, end_of_2016).end, date(2017, 1, 1));
+    }
+
+    #[test]
+    fn a_quota_passes_its_limit_then_refuses_until_the_next_window() {
+        let mut word = 0;
+        for _ in 0..3 {
+            match take(word, 10, 3) {
+                Take::Within(next) => word = next,
+                Take::Over => panic!("within the quota"),
+            }
+        }
+        assert_eq!(take(word, 10, 3), Take::Over);
+        assert_eq!(Usage::from_word(word), Usage { tag: 10, used: 3 });
+        // The next window: from zero.
+        assert_eq!(
+            take(word, 11, 3),
+            Take::Within(Usage { tag: 11, used: 1 }.word())
+        );
+        // The clock stepped back a window: charged to the spent one, refused.
+        assert_eq!(take(word, 9, 3), Take::Over);
+    }
+
+    proptest! {
+        /// Whatever the order of moments (clock steps back and forth), no window passes more
+        /// than the quota, and a window's count only ever grows.
+        #[test]
+        fn no_window_passes_more_than_its_quota(
+            limit in 1u32..50,
+            tags in proptest::collection::vec(0u32..6, 1..400),
+        ) {
+            let mut word = 0u64;
+            let mut passed = [0u32; 6];
+            for tag in tags {
+                if let Take::Within(next) = take(word, tag, limit) {
+                    let charged = Usage::from_word(next).tag as usize;
+                    passed[charged] += 1;
+                    prop_assert!(Usage::from_word(next).tag >= Usage::from_word(word).tag);
+                    word = next;
+                }
+            }
+            prop_assert!(passed.iter().all(|&p| p <= limit), "{passed:?}");
+        }
+
+        #[test]
+        fn every_moment_is_in_its_window(secs in 0u64..(1u64 << 36)) {
+            for period in Period::ALL {
+                let w = window(period, secs);
+                prop_assert!(w.start <= secs && secs < w.end);
+                prop_assert_eq!(window(period, w.start), w);
+                prop_assert_eq!(window(period, w.end).tag, w.tag + 1);
+            }
+        }
+    }
+}
