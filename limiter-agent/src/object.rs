@@ -63,6 +63,8 @@ mod tests {
             (EVENT_BUDGET_MAP, 4, size_of::<EventBudget>()),
             (NEW_KEYS_MAP, 4, 8),
             (DROP_TALLIES_MAP, 4, size_of::<DropTally>()),
+            (PLAN_QUOTAS_MAP, 4, size_of::<PlanQuota>()),
+            (QUOTAS_MAP, 8, 8),
         ];
         let mut wrong = Vec::new();
         for &(name, key, value) in maps {

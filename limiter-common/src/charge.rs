@@ -21,16 +21,43 @@ use crate::maps::{
 
 /// A packet's source address, as 32-bit words in network byte order (each word holds the
 /// address's bytes as they are in the packet): masked and copied a word at a time, which the
-/// BPF target does in a few instructions where a byte at a time takes dozens.
+/// BPF target does in a few instructions where a byte at a time takes dozens. An IPv4 source
+/// is the first word, the others zero.
+///
+/// A struct, not an enum of the two families: an enum leaves the words an IPv4 source does not
+/// use undefined, and LLVM may then spill an undefined register, which the verifier refuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    V4(u32),
-    V6([u32; 4]),
+pub struct Source {
+    words: [u32; 4],
+    family: u32,
 }
 
 impl Source {
+    #[inline(always)]
+    pub const fn v4(word: u32) -> Source {
+        Source {
+            words: [word, 0, 0, 0],
+            family: FAMILY_IPV4 as u32,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn v6(words: [u32; 4]) -> Source {
+        Source {
+            words,
+            family: FAMILY_IPV6 as u32,
+        }
+    }
+
+    #[inline(always)]
     pub fn is_ipv4(&self) -> bool {
-        matches!(self, Source::V4(_))
+        self.family == FAMILY_IPV4 as u32
+    }
+
+    /// The address words (IPv4: the first one, then zeros).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 4] {
+        self.words
     }
 
     /// Link-local: 169.254.0.0/16 or fe80::/10. Such sources are keyed by their full address
@@ -39,15 +66,11 @@ impl Source {
     /// routing protocols and DHCPv6 in a shared bucket.
     #[inline(always)]
     pub fn is_link_local(&self) -> bool {
-        match self {
-            Source::V4(word) => {
-                let [a, b, ..] = word.to_ne_bytes();
-                a == 169 && b == 254
-            }
-            Source::V6(words) => {
-                let [a, b, ..] = words[0].to_ne_bytes();
-                a == 0xfe && b & 0xc0 == 0x80
-            }
+        let [a, b, ..] = self.words[0].to_ne_bytes();
+        if self.is_ipv4() {
+            a == 169 && b == 254
+        } else {
+            a == 0xfe && b & 0xc0 == 0x80
         }
     }
 }
@@ -92,19 +115,53 @@ pub fn find_rule<R>(
 /// What a packet from `source` gets under `rule` (the one [`find_rule`] found).
 #[inline(always)]
 pub fn charge(source: &Source, config: &DatapathConfig, rule: Option<&RuleEntry>) -> Charge {
+    match rule_action(rule) {
+        RuleAction::Allow => Charge::Allow,
+        RuleAction::Deny => Charge::Deny,
+        RuleAction::Limit => {
+            let (key, limit) = bucket_of(source, config, rule);
+            Charge::Bucket { key, limit }
+        }
+    }
+}
+
+/// What a rule does with a packet, before any bucket (see [`charge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    /// Charged to a bucket: [`bucket_of`].
+    Limit,
+}
+
+/// [`charge`] in two steps, as the datapath takes it: the rule's action, then — for
+/// [`RuleAction::Limit`] — the bucket. (An enum carrying the bucket only in one variant leaves
+/// the others' payload undefined; LLVM may then spill an undefined register, which the
+/// verifier refuses.)
+#[inline(always)]
+pub fn rule_action(rule: Option<&RuleEntry>) -> RuleAction {
     match rule {
-        None => Charge::Bucket {
-            key: source_key(source, config, DEFAULT_RULE_ID, None),
-            limit: config.default_limit,
-        },
-        Some(rule) if rule.action == ACTION_ALLOW => Charge::Allow,
-        Some(rule) if rule.action == ACTION_DENY => Charge::Deny,
+        Some(rule) if rule.action == ACTION_ALLOW => RuleAction::Allow,
+        Some(rule) if rule.action == ACTION_DENY => RuleAction::Deny,
+        _ => RuleAction::Limit,
+    }
+}
+
+/// The bucket a packet from `source` is charged to under `rule` (one that limits, or none).
+#[inline(always)]
+pub fn bucket_of(
+    source: &Source,
+    config: &DatapathConfig,
+    rule: Option<&RuleEntry>,
+) -> (BucketKey, Limit) {
+    match rule {
+        None => (
+            source_key(source, config, DEFAULT_RULE_ID, None),
+            config.default_limit,
+        ),
         Some(rule) => {
             let shared = (rule.flags & RULE_SHARED != 0).then_some(rule.prefix_len);
-            Charge::Bucket {
-                key: source_key(source, config, rule.id, shared),
-                limit: rule.limit,
-            }
+            (source_key(source, config, rule.id, shared), rule.limit)
         }
     }
 }
@@ -119,9 +176,10 @@ pub fn source_key(
     rule_id: u32,
     shared: Option<u32>,
 ) -> BucketKey {
-    let (width, prefix) = match source {
-        Source::V4(_) => (32, config.ipv4_prefix),
-        Source::V6(_) => (128, config.ipv6_prefix),
+    let (width, prefix) = if source.is_ipv4() {
+        (32, config.ipv4_prefix)
+    } else {
+        (128, config.ipv6_prefix)
     };
     let prefix = match shared {
         Some(len) => len,
@@ -134,10 +192,12 @@ pub fn source_key(
 /// The key of `source` cut to `prefix` bits (at most the family's width), under `rule_id`.
 #[inline(always)]
 pub fn bucket_key(source: &Source, prefix: u32, rule_id: u32) -> BucketKey {
-    let (family, width, mut addr) = match source {
-        Source::V4(a) => (FAMILY_IPV4, 32, [*a, 0, 0, 0]),
-        Source::V6(a) => (FAMILY_IPV6, 128, *a),
+    let (family, width) = if source.is_ipv4() {
+        (FAMILY_IPV4, 32)
+    } else {
+        (FAMILY_IPV6, 128)
     };
+    let mut addr = source.words();
     let prefix = if prefix > width { width } else { prefix };
     // Clear the bits past `prefix`, a word at a time.
     for (i, word) in addr.iter_mut().enumerate() {
@@ -227,11 +287,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn v4(a: [u8; 4]) -> Source {
-        Source::V4(u32::from_ne_bytes(a))
+        Source::v4(u32::from_ne_bytes(a))
     }
 
     fn v6(a: [u8; 16]) -> Source {
-        Source::V6(bytes_to_words(a))
+        Source::v6(bytes_to_words(a))
     }
 
     fn config(ipv4_prefix: u32, ipv6_prefix: u32, flags: u32) -> DatapathConfig {

@@ -88,8 +88,8 @@ impl Prefix {
     /// The prefix's address as the datapath reads a packet's source.
     pub fn source(&self) -> Source {
         match self.addr {
-            IpAddr::V4(a) => Source::V4(u32::from_ne_bytes(a.octets())),
-            IpAddr::V6(a) => Source::V6(charge::bytes_to_words(a.octets())),
+            IpAddr::V4(a) => Source::v4(u32::from_ne_bytes(a.octets())),
+            IpAddr::V6(a) => Source::v6(charge::bytes_to_words(a.octets())),
         }
     }
 

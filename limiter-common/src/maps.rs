@@ -86,6 +86,12 @@ pub const MAX_API_KEYS: u32 = 65_536;
 pub const ANSWERS_MAP: &str = "ANSWERS";
 /// Plans at most (plan slots 1 ..= MAX_PLANS).
 pub const MAX_PLANS: u32 = 63;
+/// Array of [`PlanQuota`] by plan slot (0: `[http]`'s), written by the agent.
+pub const PLAN_QUOTAS_MAP: &str = "PLAN_QUOTAS";
+/// LRU hash: an API key's token hash → its count in its quota window (`quota::Usage` as a word).
+pub const QUOTAS_MAP: &str = "QUOTAS";
+/// API keys whose quota use the datapath keeps at most (least recently used go first).
+pub const MAX_QUOTA_KEYS: u32 = 262_144;
 /// LRU hash of the connections whose last request the program decided: [`FlowKey`] →
 /// [`FlowState`]. A retransmitted request gets the same verdict without being charged again,
 /// and the client's next segment after a 429 becomes the reset that frees the gateway's socket.
@@ -99,6 +105,36 @@ pub const MAX_FLOWS: u32 = 65_536;
 pub struct ApiKeyEntry {
     pub limit: Limit,
     pub plan: u32,
+    pub _pad: u32,
+}
+
+/// A plan's quota: `quota` requests per window of `period` (`PERIOD_*`; [`PERIOD_NONE`]: no
+/// quota).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanQuota {
+    pub quota: u32,
+    pub period: u32,
+}
+
+/// `PlanQuota::period`.
+pub const PERIOD_NONE: u32 = 0;
+pub const PERIOD_MINUTE: u32 = 1;
+pub const PERIOD_HOUR: u32 = 2;
+pub const PERIOD_DAY: u32 = 3;
+pub const PERIOD_MONTH: u32 = 4;
+
+/// What the datapath needs to tell a quota's window from its clock (`bpf_ktime_get_tai_ns`),
+/// written by the agent: UTC is TAI less `tai_offset_ns` (the leap seconds so far, 37 s since
+/// 2017), and the month windows' bounds, which the calendar decides: the current month's end
+/// (`month_tag`'s) and the next one's, in UTC seconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaClock {
+    pub tai_offset_ns: u64,
+    pub month_end: u64,
+    pub next_month_end: u64,
+    pub month_tag: u32,
     pub _pad: u32,
 }
 
@@ -169,6 +205,8 @@ pub struct HttpConfig {
     pub port_count: u32,
     /// `HTTP_*` bits.
     pub flags: u32,
+    /// The quota windows' clock.
+    pub quota_clock: QuotaClock,
 }
 
 /// `HttpConfig::flags`: a 429 keeps the client's connection open (`[http] keep_alive`); the
@@ -190,6 +228,13 @@ impl HttpConfig {
         ports: [0; MAX_HTTP_PORTS],
         port_count: 0,
         flags: 0,
+        quota_clock: QuotaClock {
+            tai_offset_ns: 0,
+            month_end: 0,
+            next_month_end: 0,
+            month_tag: 0,
+            _pad: 0,
+        },
     };
 
     /// Whether requests to `port` are scanned for keys.
@@ -522,6 +567,9 @@ counters! {
     /// Times the coarse clock (the jiffies counter) was found lagging the precise one by more
     /// than the datapath assumes (a tick and a quarter): its fast path is then off for a second.
     CoarseClockLate = 23, "coarse_clock_late", "coarse clock late", "coarse clock behind by more than assumed: fast path paused";
+    /// Requests refused because their API key's quota for the window is used up (answered with
+    /// a 429, among `rejected`).
+    OverQuota = 24, "over_quota", "over quota", "requests refused for their key's quota (429)";
 }
 
 /// Counters per interface.
@@ -590,6 +638,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropTally {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::PlanQuota {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DatapathConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleEntry {}
@@ -624,8 +674,10 @@ mod tests {
         );
         assert_eq!(
             size_of::<HttpConfig>(),
-            size_of::<KeyHeaders>() + 16 + 16 + 2 * MAX_HTTP_PORTS + 8
+            size_of::<KeyHeaders>() + 16 + 16 + 2 * MAX_HTTP_PORTS + 8 + size_of::<QuotaClock>()
         );
+        assert_eq!(size_of::<QuotaClock>(), 4 * 8);
+        assert_eq!(size_of::<PlanQuota>(), 8);
         assert_eq!(size_of::<KeyHeaders>(), 3 * 8 * 5 * 2 + 4 * 4);
         assert_eq!(size_of::<ApiKeyEntry>(), 16 + 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 4 + 4);

@@ -110,6 +110,49 @@ pub const fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The window of a plan's period (`maps::PERIOD_*`) at `utc_secs`, as the datapath finds it:
+/// its tag and its end. Minutes, hours and days by division (they roll over by themselves,
+/// whether or not an agent runs); months from the bounds the agent wrote in `clock` (a month
+/// the agent has not written — it was stopped for more than a month — is taken to end a day
+/// after the last bound it knows, and so on, until it writes them again).
+#[inline(always)]
+pub fn window_of(period: u32, utc_secs: u64, clock: &crate::maps::QuotaClock) -> (u32, u64) {
+    use crate::maps::{PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE};
+    let fixed: u64 = match period {
+        PERIOD_MINUTE => 60,
+        PERIOD_HOUR => 3600,
+        PERIOD_DAY => SECS_PER_DAY,
+        _ => 0,
+    };
+    if let Some(index) = utc_secs.checked_div(fixed) {
+        return (index as u32, (index + 1) * fixed);
+    }
+    if utc_secs < clock.month_end {
+        (clock.month_tag, clock.month_end)
+    } else if utc_secs < clock.next_month_end {
+        (clock.month_tag.wrapping_add(1), clock.next_month_end)
+    } else {
+        let days = (utc_secs - clock.next_month_end) / SECS_PER_DAY;
+        (
+            clock.month_tag.wrapping_add(2).wrapping_add(days as u32),
+            clock.next_month_end + (days + 1) * SECS_PER_DAY,
+        )
+    }
+}
+
+/// The bounds the datapath needs for month windows at `utc_secs` (see [`window_of`]).
+pub fn month_clock(utc_secs: u64, tai_offset_ns: u64) -> crate::maps::QuotaClock {
+    let month = window(Period::Month, utc_secs);
+    let next = window(Period::Month, month.end);
+    crate::maps::QuotaClock {
+        tai_offset_ns,
+        month_end: month.end,
+        next_month_end: next.end,
+        month_tag: month.tag,
+        _pad: 0,
+    }
+}
+
 /// A key's count in its quota window, as one word: the window's tag in the high half, the
 /// requests used in it in the low half (so a quota is at most `u32::MAX` requests a window).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +286,33 @@ mod tests {
         );
         // The clock stepped back a window: charged to the spent one, refused.
         assert_eq!(take(word, 9, 3), Take::Over);
+    }
+
+    #[test]
+    fn the_datapath_finds_the_windows_of_the_calendar() {
+        use crate::maps::{PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE, PERIOD_MONTH};
+        let now = date(2026, 11, 28) + 3600 * 13 + 61;
+        let clock = month_clock(now, 37_000_000_000);
+        for (code, period) in [
+            (PERIOD_MINUTE, Period::Minute),
+            (PERIOD_HOUR, Period::Hour),
+            (PERIOD_DAY, Period::Day),
+            (PERIOD_MONTH, Period::Month),
+        ] {
+            // This month and the next, as the calendar has them.
+            for at in [now, date(2026, 12, 31) + 5, date(2026, 12, 1)] {
+                let w = window(period, at);
+                assert_eq!(
+                    window_of(code, at, &clock),
+                    (w.tag, w.end),
+                    "{period:?} at {at}"
+                );
+            }
+        }
+        // Beyond what the agent wrote: a window a day, later and later, never an earlier tag.
+        let later = date(2027, 1, 1) + 10;
+        let (tag, end) = window_of(PERIOD_MONTH, later, &clock);
+        assert_eq!((tag, end), (clock.month_tag + 2, date(2027, 1, 2)));
     }
 
     proptest! {

@@ -43,6 +43,7 @@ use limiter_common::{
 use crate::charging::{charge_key_at, count, Decision};
 use crate::maps::{ANSWERS, API_KEYS, FLOWS, HTTP_SCRATCH};
 use crate::parse::{ptr_at, read};
+use crate::quota;
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_HDR_LEN: usize = 20;
@@ -481,15 +482,28 @@ fn request(
         answer_end: before.answer_end,
         _pad: 0,
     };
-    let retry_s = match charge_key_at(ctx, config, &key, &limit, now, dry_run) {
-        Decision::Pass | Decision::Untracked => {
-            scratch.decided = decided(FLOW_PASSED, 0);
-            remember(scratch, known);
-            return None;
-        }
-        Decision::Over(tat) => retry_seconds(tat, now, &limit),
-        Decision::Refused => 1,
-    };
+    // The key's quota (its plan's): used up, the request is refused before its rate is charged;
+    // within, it takes its place once its rate passed it.
+    let quota_retry = |take_one: u64| quota::check(hash, plan, &config.http.quota_clock, take_one);
+    let mut retry_s = quota_retry(0);
+    if retry_s == 0 {
+        retry_s = match charge_key_at(ctx, config, &key, &limit, now, dry_run) {
+            Decision::Pass | Decision::Untracked => {
+                let over_quota = quota_retry(1);
+                if over_quota == 0 {
+                    scratch.decided = decided(FLOW_PASSED, 0);
+                    remember(scratch, known);
+                    return None;
+                }
+                count(Counter::OverQuota);
+                over_quota
+            }
+            Decision::Over(tat) => retry_seconds(tat, now, &limit),
+            Decision::Refused => 1,
+        };
+    } else {
+        count(Counter::OverQuota);
+    }
     if dry_run {
         count(Counter::WouldDrop);
         return Some(xdp_action::XDP_PASS);

@@ -18,6 +18,7 @@ mod egress;
 mod http;
 mod maps;
 mod parse;
+mod quota;
 mod runtime;
 mod shared;
 
@@ -30,7 +31,7 @@ use aya_ebpf::{
 use charging::{charge_key, count, Clock, Decision, CAS_ATTEMPTS};
 use limiter_common::{
     bucket::FULL_BUCKET_TAT,
-    charge::{self, words_to_bytes, Charge},
+    charge::{self, words_to_bytes, RuleAction},
     maps::{
         Counter, DatapathConfig, ResetRequest, RuleEntry, BUCKET_EXHAUSTED_NOTIFIED,
         CONFIG_DRY_RUN, CONFIG_HTTP,
@@ -65,13 +66,13 @@ pub fn limiter(ctx: XdpContext) -> u32 {
     };
     let dry_run = config.flags & CONFIG_DRY_RUN != 0;
     let rule = find_rule(&source, config);
-    let (key, limit) = match charge::charge(&source, config, rule.as_ref()) {
-        Charge::Bucket { key, limit } => (key, limit),
-        Charge::Allow => {
+    match charge::rule_action(rule.as_ref()) {
+        RuleAction::Limit => {}
+        RuleAction::Allow => {
             count(Counter::AllowedByRule);
             return xdp_action::XDP_PASS;
         }
-        Charge::Deny => {
+        RuleAction::Deny => {
             count(Counter::DeniedByRule);
             if dry_run {
                 count(Counter::WouldDrop);
@@ -79,7 +80,8 @@ pub fn limiter(ctx: XdpContext) -> u32 {
             }
             return xdp_action::XDP_DROP;
         }
-    };
+    }
+    let (key, limit) = charge::bucket_of(&source, config, rule.as_ref());
     let mut clock = Clock::unread();
     match charge_key(&ctx, config, &key, &limit, &mut clock, dry_run) {
         Decision::Pass => {}
@@ -168,24 +170,21 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
 /// override and rule tries of its family.
 #[inline(always)]
 fn find_rule(source: &Source, config: &DatapathConfig) -> Option<RuleEntry> {
-    match source {
-        Source::V4(addr) => {
-            let key = LpmKey::new(32, addr.to_ne_bytes());
-            charge::find_rule(
-                true,
-                config,
-                || OVERRIDES_V4.get(&key).copied(),
-                || RULES_V4.get(&key).copied(),
-            )
-        }
-        Source::V6(addr) => {
-            let key = LpmKey::new(128, words_to_bytes(*addr));
-            charge::find_rule(
-                false,
-                config,
-                || OVERRIDES_V6.get(&key).copied(),
-                || RULES_V6.get(&key).copied(),
-            )
-        }
+    if source.is_ipv4() {
+        let key = LpmKey::new(32, source.words()[0].to_ne_bytes());
+        charge::find_rule(
+            true,
+            config,
+            || OVERRIDES_V4.get(&key).copied(),
+            || RULES_V4.get(&key).copied(),
+        )
+    } else {
+        let key = LpmKey::new(128, words_to_bytes(source.words()));
+        charge::find_rule(
+            false,
+            config,
+            || OVERRIDES_V6.get(&key).copied(),
+            || RULES_V6.get(&key).copied(),
+        )
     }
 }

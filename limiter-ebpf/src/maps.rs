@@ -8,8 +8,8 @@ use limiter_common::{
     http::Answer,
     maps::{
         ApiKeyEntry, BucketKey, BucketState, DatapathConfig, DropTally, EventBudget, FlowKey,
-        FlowState, RuleEntry, COUNTER_ENTRIES, DROP_TALLY_SLOTS, EVENTS_BYTES, MAX_API_KEYS,
-        MAX_FLOWS, MAX_PLANS, MAX_RULES,
+        FlowState, PlanQuota, RuleEntry, COUNTER_ENTRIES, DROP_TALLY_SLOTS, EVENTS_BYTES,
+        MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_QUOTA_KEYS, MAX_RULES,
     },
 };
 
@@ -66,6 +66,14 @@ pub static API_KEYS: HashMap<u64, ApiKeyEntry> = HashMap::pinned(MAX_API_KEYS, 0
 /// Each plan's rendered 429 by plan slot (0: `[http]`'s), written by the agent.
 #[map]
 pub static ANSWERS: Array<Answer> = Array::pinned(MAX_PLANS + 1, 0);
+
+/// Each plan's quota by plan slot (0: `[http]`'s), written by the agent.
+#[map]
+pub static PLAN_QUOTAS: Array<PlanQuota> = Array::pinned(MAX_PLANS + 1, 0);
+
+/// Each API key's count in its quota window (`quota`), by token hash.
+#[map]
+pub static QUOTAS: LruHashMap<u64, u64> = LruHashMap::pinned(MAX_QUOTA_KEYS, 0);
 
 /// The last decided request of each connection (see `http`).
 #[map]

@@ -214,7 +214,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::Unparsed;
     }
     // Options cut short or not, the source is known: it is keyed by it.
-    Parsed::Source(Source::V4(source), l3)
+    Parsed::Source(Source::v4(source), l3)
 }
 
 #[inline(always)]
@@ -243,7 +243,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 // Type, code, checksum: the whole ICMPv6 header, and never a 1-byte read at a
                 // variable offset (see the module's notes on the verifier).
                 let Some([icmp_type, ..]) = read::<[u8; ICMPV6_HDR_LEN]>(ctx, offset) else {
-                    return Parsed::Source(Source::V6(source), l3);
+                    return Parsed::Source(Source::v6(source), l3);
                 };
                 // Neighbour discovery is only valid with hop limit 255 (RFC 4861 §6.1, §7.1):
                 // anything else claiming to be ND is no ND, and is limited like other traffic
@@ -262,26 +262,26 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 {
                     return Parsed::NotLimited;
                 }
-                return Parsed::Source(Source::V6(source), l3);
+                return Parsed::Source(Source::v6(source), l3);
             }
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MOBILITY | IPPROTO_AH
             | IPPROTO_FRAGMENT => {}
             // TCP, UDP, ESP, No Next Header, anything else: limited by the source.
-            _ => return Parsed::Source(Source::V6(source), l3),
+            _ => return Parsed::Source(Source::v6(source), l3),
         }
         if round == MAX_EXT_HEADERS {
             // One extension header too many: keyed by the source all the same.
-            return Parsed::Source(Source::V6(source), l3);
+            return Parsed::Source(Source::v6(source), l3);
         }
         let len = match next {
             IPPROTO_FRAGMENT => {
                 let Some(frag) = read::<[u8; IPV6_FRAG_HDR_LEN]>(ctx, offset) else {
-                    return Parsed::Source(Source::V6(source), l3);
+                    return Parsed::Source(Source::v6(source), l3);
                 };
                 // The fragment offset: the upper 13 bits of bytes 2–3.
                 if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
                     // A later fragment does not carry the upper-layer header.
-                    return Parsed::Source(Source::V6(source), l3);
+                    return Parsed::Source(Source::v6(source), l3);
                 }
                 next = frag[0];
                 IPV6_FRAG_HDR_LEN
@@ -290,7 +290,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 // Next header, then the length, not counting the first 8 bytes: in 4-byte
                 // units for AH, in 8-byte units for the others.
                 let Some([nh, units]) = read::<[u8; 2]>(ctx, offset) else {
-                    return Parsed::Source(Source::V6(source), l3);
+                    return Parsed::Source(Source::v6(source), l3);
                 };
                 let len = if next == IPPROTO_AH {
                     (usize::from(units) + 2) * 4
@@ -303,9 +303,9 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         };
         // The whole extension header must be inside the packet.
         if !has(ctx, offset, len) {
-            return Parsed::Source(Source::V6(source), l3);
+            return Parsed::Source(Source::v6(source), l3);
         }
         offset += len;
     }
-    Parsed::Source(Source::V6(source), l3)
+    Parsed::Source(Source::v6(source), l3)
 }

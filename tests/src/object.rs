@@ -12,9 +12,10 @@ use limiter_common::bucket::Limit;
 use limiter_common::http::{Answer, KeyHeaders};
 use limiter_common::maps::{
     add_tallied, counter_index, drop_tally_slot, BucketKey, BucketState, Counter, DatapathConfig,
-    DropTally, HttpConfig, RuleEntry, ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP, CONFIG_HAS_RULES_V4,
-    CONFIG_HAS_RULES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP, DROP_TALLIES_MAP, LIMITER_PROG,
-    MAX_HTTP_PORTS, RULES_V4_MAP, RULES_V6_MAP, TICK_GLOBAL,
+    DropTally, HttpConfig, PlanQuota, RuleEntry, ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP,
+    CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
+    DROP_TALLIES_MAP, LIMITER_PROG, MAX_HTTP_PORTS, PLAN_QUOTAS_MAP, RULES_V4_MAP, RULES_V6_MAP,
+    TICK_GLOBAL,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -207,6 +208,23 @@ impl XdpObject {
         config.set(0, value, 0).expect("writing CONFIG");
     }
 
+    /// Gives plan slot `plan` (0: `[http]`'s) a quota of `quota` requests per `period`
+    /// (`PERIOD_*`), and the program the quota clock as the agent writes it: UTC as CLOCK_TAI
+    /// less `tai_offset_ns` (see [`tai_offset_ns`]), the month bounds of that moment.
+    pub fn set_quota(&mut self, plan: u32, quota: u32, period: u32, tai_offset_ns: u64) {
+        let mut quotas: Array<_, PlanQuota> =
+            Array::try_from(self.ebpf.map_mut(PLAN_QUOTAS_MAP).expect("PLAN_QUOTAS")).unwrap();
+        quotas
+            .set(plan, PlanQuota { quota, period }, 0)
+            .expect("writing PLAN_QUOTAS");
+        let utc_secs = (read_clock(libc::CLOCK_TAI) - tai_offset_ns) / 1_000_000_000;
+        let mut config: Array<_, DatapathConfig> =
+            Array::try_from(self.ebpf.map_mut(CONFIG_MAP).expect("CONFIG")).unwrap();
+        let mut value = config.get(&0, 0).expect("reading CONFIG");
+        value.http.quota_clock = limiter_common::quota::month_clock(utc_secs, tai_offset_ns);
+        config.set(0, value, 0).expect("writing CONFIG");
+    }
+
     /// The bucket of `key`, if the program tracks it, with the drops the CPUs tallied for it
     /// (`DropTally`) added, as the agent shows it.
     pub fn bucket(&self, key: &BucketKey) -> Option<BucketState> {
@@ -319,4 +337,23 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A clock's reading, ns.
+fn read_clock(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to write.
+    assert_eq!(unsafe { libc::clock_gettime(clock, &mut now) }, 0);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// How far CLOCK_TAI is ahead of CLOCK_REALTIME now, ns, rounded to whole seconds (the leap
+/// seconds so far, as the kernel has them; 0 where nothing set them).
+pub fn tai_offset_ns() -> u64 {
+    let tai = read_clock(libc::CLOCK_TAI);
+    let utc = read_clock(libc::CLOCK_REALTIME);
+    (tai.saturating_sub(utc) + 500_000_000) / 1_000_000_000 * 1_000_000_000
 }

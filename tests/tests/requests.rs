@@ -6,7 +6,7 @@
 use limiter_common::charge::api_key;
 use limiter_common::http::{scan, KeyHeaders, Scan, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST};
 use limiter_common::keyhash::KeyHasher;
-use limiter_common::maps::Counter;
+use limiter_common::maps::{Counter, PERIOD_MINUTE};
 use limiter_tests::frame::{
     checksum, ethernet, ipv6, ones_sum, Ipv4, Tcp, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP,
 };
@@ -571,4 +571,68 @@ fn keep_alive_answers_leave_the_connection_open_and_shift_it_both_ways() {
     // Another connection is untouched both ways.
     let elsewhere = from_gateway(sport + 1, 7, 9, &TIMESTAMPS, response);
     assert_eq!(object.run_egress(&elsewhere).1, elsewhere);
+}
+
+/// The `Retry-After` of a 429, in seconds.
+fn retry_after(answer: &[u8]) -> u64 {
+    let (_, payload) = tcp_of(answer);
+    let text = String::from_utf8_lossy(payload);
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Retry-After:"))
+        .expect("a Retry-After header");
+    line.trim().parse().expect("whole seconds")
+}
+
+/// A key with a quota of 3 a minute (`[http]`'s, plan slot 0) and a rate far above it: 3
+/// requests pass, the 4th is answered 429 until the window's end (`Retry-After` within the
+/// minute) — without spending the key's rate. The next window (the quota clock moved a minute
+/// on) passes again from zero; the clock stepped back into the spent window charges the
+/// window the count is in, and hands out no second quota.
+#[test]
+fn a_key_over_its_quota_is_refused_until_its_window_ends() {
+    require_root();
+    let mut object = object(1000);
+    // The quota clock two minutes behind UTC, so that it can be moved a minute on.
+    let offset = limiter_tests::object::tai_offset_ns() + 120_000_000_000;
+    object.set_quota(0, 3, PERIOD_MINUTE, offset);
+    let body = request("tok-Q");
+    let key = api_key(hash(b"tok-Q"));
+    let mut port = 42000u16;
+    let mut send = |object: &XdpObject| {
+        port += 1;
+        object.run_out(&segment(port, 100, TCP_PSH | TCP_ACK, &body))
+    };
+    for i in 0..3 {
+        assert_eq!(send(&object).0, XDP_PASS, "request {i} within the quota");
+    }
+    let (verdict, answer) = send(&object);
+    assert_eq!(verdict, XDP_TX, "the 4th is over the quota");
+    let retry = retry_after(&answer);
+    assert!(
+        (1..=60).contains(&retry),
+        "Retry-After {retry}: within the minute"
+    );
+    assert_eq!(object.counter(Counter::OverQuota), 1);
+    assert_eq!(object.counter(Counter::Rejected), 1);
+    let state = object.bucket(&key).unwrap();
+    assert_eq!(
+        (state.passed, state.dropped),
+        (3, 0),
+        "the refused request did not spend the key's rate"
+    );
+
+    // A minute on: a new window.
+    object.set_quota(0, 3, PERIOD_MINUTE, offset - 60_000_000_000);
+    assert_eq!(send(&object).0, XDP_PASS, "the next window's first");
+    // Back into the spent minute: counted in the window the key is in (1 used of 3).
+    object.set_quota(0, 3, PERIOD_MINUTE, offset);
+    assert_eq!(send(&object).0, XDP_PASS);
+    assert_eq!(send(&object).0, XDP_PASS);
+    assert_eq!(
+        send(&object).0,
+        XDP_TX,
+        "no second quota for a clock stepped back"
+    );
+    assert_eq!(object.counter(Counter::OverQuota), 2);
 }

@@ -286,6 +286,11 @@ fn export(counter: Counter) -> Export {
             "Of the packets dropped (or would-drop), those proven over the limit on the coarse \
              clock, without reading the precise one.",
         ),
+        Counter::OverQuota => PerInterface(
+            "limiter_over_quota_requests",
+            "Requests refused because their API key's quota for the window was used up \
+             (answered 429, among the rejected).",
+        ),
         Counter::CoarseClockLate => PerInterface(
             "limiter_coarse_clock_late",
             "Times the coarse clock lagged the precise one by more than the datapath assumes; \
