@@ -86,6 +86,11 @@ pub const MAX_API_KEYS: u32 = 65_536;
 pub const ANSWERS_MAP: &str = "ANSWERS";
 /// Plans at most (plan slots 1 ..= MAX_PLANS).
 pub const MAX_PLANS: u32 = 63;
+/// Where a plan's 429 for its quota is in [`ANSWERS_MAP`]: this plus its slot (the rate's 429
+/// is at the slot itself).
+pub const QUOTA_ANSWERS: u32 = MAX_PLANS + 1;
+/// Entries of [`ANSWERS_MAP`]: a rate 429 and a quota 429 per plan slot.
+pub const ANSWER_ENTRIES: u32 = 2 * (MAX_PLANS + 1);
 /// Array of [`PlanQuota`] by plan slot (0: `[http]`'s), written by the agent.
 pub const PLAN_QUOTAS_MAP: &str = "PLAN_QUOTAS";
 /// LRU hash: an API key's token hash → its count in its quota window (`quota::Usage` as a word).
@@ -168,7 +173,8 @@ pub struct FlowState {
     pub len: u32,
     /// `FLOW_*`.
     pub verdict: u32,
-    /// With `FLOW_ANSWERED`: the answer's plan slot and the seconds it gave.
+    /// With `FLOW_ANSWERED`: the answer's slot in `ANSWERS` (the plan's, or `QUOTA_ANSWERS` + it)
+    /// and the seconds it gave.
     pub plan: u32,
     pub retry_s: u64,
     /// Bytes the client sent that the gateway never got (the answered requests): the client's

@@ -36,7 +36,7 @@ use limiter_common::{
     keyhash::KeyHasher,
     maps::{
         Counter, DatapathConfig, FlowKey, FlowState, FAMILY_IPV4, FAMILY_IPV6, FLOW_ANSWERED,
-        FLOW_PASSED, FLOW_RESET, HTTP_KEEP_ALIVE,
+        FLOW_PASSED, FLOW_RESET, HTTP_KEEP_ALIVE, QUOTA_ANSWERS,
     },
 };
 
@@ -485,6 +485,8 @@ fn request(
     // The key's quota (its plan's): used up, the request is refused before its rate is charged;
     // within, it takes its place once its rate passed it.
     let quota_retry = |take_one: u64| quota::check(hash, plan, &config.http.quota_clock, take_one);
+    // Which 429 answers: the plan's for its rate, or for its quota.
+    let mut answer_slot = plan;
     let mut retry_s = quota_retry(0);
     if retry_s == 0 {
         retry_s = match charge_key_at(ctx, config, &key, &limit, now, dry_run) {
@@ -496,6 +498,7 @@ fn request(
                     return None;
                 }
                 count(Counter::OverQuota);
+                answer_slot = plan + QUOTA_ANSWERS;
                 over_quota
             }
             Decision::Over(tat) => retry_seconds(tat, now, &limit),
@@ -503,6 +506,7 @@ fn request(
         };
     } else {
         count(Counter::OverQuota);
+        answer_slot = plan + QUOTA_ANSWERS;
     }
     if dry_run {
         count(Counter::WouldDrop);
@@ -510,8 +514,9 @@ fn request(
     }
     let keep_alive = config.http.flags & HTTP_KEEP_ALIVE != 0;
     let ack = scratch.segment.ack;
-    let (action, sent) = answer(ctx, scratch, plan, retry_s, keep_alive);
+    let (action, sent) = answer(ctx, scratch, answer_slot, retry_s, keep_alive);
     let mut state = decided(FLOW_ANSWERED, retry_s);
+    state.plan = answer_slot;
     if keep_alive && action == xdp_action::XDP_TX {
         // The connection stays: from now on the client is `payload_len` bytes ahead of what
         // the gateway got, and has `sent` bytes the gateway never sent.

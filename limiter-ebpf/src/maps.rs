@@ -8,8 +8,8 @@ use limiter_common::{
     http::Answer,
     maps::{
         ApiKeyEntry, BucketKey, BucketState, DatapathConfig, DropTally, EventBudget, FlowKey,
-        FlowState, PlanQuota, RuleEntry, COUNTER_ENTRIES, DROP_TALLY_SLOTS, EVENTS_BYTES,
-        MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_QUOTA_KEYS, MAX_RULES,
+        FlowState, PlanQuota, RuleEntry, ANSWER_ENTRIES, COUNTER_ENTRIES, DROP_TALLY_SLOTS,
+        EVENTS_BYTES, MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_QUOTA_KEYS, MAX_RULES,
     },
 };
 
@@ -63,9 +63,10 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static API_KEYS: HashMap<u64, ApiKeyEntry> = HashMap::pinned(MAX_API_KEYS, 0);
 
-/// Each plan's rendered 429 by plan slot (0: `[http]`'s), written by the agent.
+/// Each plan's rendered 429s by plan slot (0: `[http]`'s), for its rate, then for its quota
+/// (at `QUOTA_ANSWERS` + slot), written by the agent.
 #[map]
-pub static ANSWERS: Array<Answer> = Array::pinned(MAX_PLANS + 1, 0);
+pub static ANSWERS: Array<Answer> = Array::pinned(ANSWER_ENTRIES, 0);
 
 /// Each plan's quota by plan slot (0: `[http]`'s), written by the agent.
 #[map]

@@ -14,8 +14,8 @@ use limiter_common::maps::{
     add_tallied, counter_index, drop_tally_slot, BucketKey, BucketState, Counter, DatapathConfig,
     DropTally, HttpConfig, PlanQuota, RuleEntry, ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP,
     CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
-    DROP_TALLIES_MAP, LIMITER_PROG, MAX_HTTP_PORTS, PLAN_QUOTAS_MAP, RULES_V4_MAP, RULES_V6_MAP,
-    TICK_GLOBAL,
+    DROP_TALLIES_MAP, LIMITER_PROG, MAX_HTTP_PORTS, PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE,
+    PLAN_QUOTAS_MAP, QUOTA_ANSWERS, RULES_V4_MAP, RULES_V6_MAP, TICK_GLOBAL,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -217,6 +217,21 @@ impl XdpObject {
         quotas
             .set(plan, PlanQuota { quota, period }, 0)
             .expect("writing PLAN_QUOTAS");
+        let window = match period {
+            PERIOD_MINUTE => 60,
+            PERIOD_HOUR => 3600,
+            PERIOD_DAY => 86_400,
+            _ => 2_592_000,
+        };
+        let mut answers: Array<_, Answer> =
+            Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).expect("ANSWERS")).unwrap();
+        answers
+            .set(
+                QUOTA_ANSWERS + plan,
+                Answer::render_quota("default", u64::from(quota), window, false),
+                0,
+            )
+            .expect("writing ANSWERS");
         let utc_secs = (read_clock(libc::CLOCK_TAI) - tai_offset_ns) / 1_000_000_000;
         let mut config: Array<_, DatapathConfig> =
             Array::try_from(self.ebpf.map_mut(CONFIG_MAP).expect("CONFIG")).unwrap();

@@ -14,10 +14,11 @@ use limiter_common::http::Answer;
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
     add_tallied, counter_index, drop_tally_slot, ApiKeyEntry, BucketKey, BucketState, Counter,
-    DatapathConfig, DropTally, ResetRequest, RuleEntry, ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP,
-    CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
-    COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS, MAX_INTERFACES,
-    OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
+    DatapathConfig, DropTally, PlanQuota, QuotaClock, ResetRequest, RuleEntry, ANSWERS_MAP,
+    API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP,
+    CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS,
+    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTA_ANSWERS,
+    RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
 use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub struct Datapath {
     /// Registered API keys by token hash, and each plan's 429 by slot.
     api_keys_map: HashMap<MapData, u64, ApiKeyEntry>,
     answers: Array<MapData, Answer>,
+    plan_quotas: Array<MapData, PlanQuota>,
     /// The token hash's secret and the registered keys (set by `set_api_keys`).
     secret: Option<Secret>,
     registered: Vec<Registered>,
@@ -180,6 +182,7 @@ impl Datapath {
         };
         let api_keys_map = HashMap::try_from(take(API_KEYS_MAP)?)?;
         let answers = Array::try_from(take(ANSWERS_MAP)?)?;
+        let plan_quotas = Array::try_from(take(PLAN_QUOTAS_MAP)?)?;
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -199,6 +202,7 @@ impl Datapath {
             written: None,
             api_keys_map,
             answers,
+            plan_quotas,
             secret: None,
             registered: Vec::new(),
             api: Arc::new(ApiView::default()),
@@ -244,15 +248,34 @@ impl Datapath {
             self.api = Arc::new(ApiView::default());
             return Ok(());
         };
+        // Each slot's rate 429, and its quota and quota 429 (none: a zero quota).
+        let mut quotas = vec![(PlanQuota::default(), None); MAX_PLANS as usize + 1];
         self.answers
             .set(0, http.answer(), 0)
             .context("writing the ANSWERS map")?;
+        if let Ok(Some(quota)) = http.quota() {
+            quotas[0] = (quota.datapath(), http.quota_answer());
+        }
         for spanned in &config.plans {
             let plan = spanned.get_ref();
             let (slot, _) = config.plan(&plan.name).expect("a configured plan");
             self.answers
                 .set(slot, plan.answer(http.keep_alive), 0)
                 .context("writing the ANSWERS map")?;
+            if let Ok(Some(quota)) = plan.quota() {
+                quotas[slot as usize] = (quota.datapath(), plan.quota_answer(http.keep_alive));
+            }
+        }
+        for (slot, (quota, answer)) in quotas.into_iter().enumerate() {
+            // The answer first: a quota in force always finds its 429.
+            if let Some(answer) = answer {
+                self.answers
+                    .set(QUOTA_ANSWERS + slot as u32, answer, 0)
+                    .context("writing the ANSWERS map")?;
+            }
+            self.plan_quotas
+                .set(slot as u32, quota, 0)
+                .context("writing the PLAN_QUOTAS map")?;
         }
         let mut wanted = StdHashMap::new();
         for key in &self.registered {
@@ -343,6 +366,7 @@ impl Datapath {
                 .ok_or_else(|| anyhow!("the API key secret is set before [http] is applied"))?;
             datapath.flags |= CONFIG_HTTP;
             datapath.http = http.datapath(secret.words());
+            datapath.http.quota_clock = quota_clock_now();
         }
         self.config_map
             .set(0, datapath, 0)
@@ -362,6 +386,27 @@ impl Datapath {
                 "limits raised: keys exhausted under the lower ones wait no longer than the new ones allow"
             );
         }
+        Ok(())
+    }
+
+    /// Writes the quota clock again once the month the datapath knows the end of is over
+    /// (month windows need the calendar; minutes, hours and days roll over by themselves).
+    pub fn refresh_quota_clock(&mut self) -> anyhow::Result<()> {
+        let Some(mut written) = self.written else {
+            return Ok(());
+        };
+        if written.flags & CONFIG_HTTP == 0 {
+            return Ok(());
+        }
+        let clock = quota_clock_now();
+        if clock == written.http.quota_clock {
+            return Ok(());
+        }
+        written.http.quota_clock = clock;
+        self.config_map
+            .set(0, written, 0)
+            .context("writing the CONFIG map")?;
+        self.written = Some(written);
         Ok(())
     }
 
@@ -816,4 +861,19 @@ fn describe(
         dropped: state.dropped,
         would_drop: state.would_drop,
     })
+}
+
+/// The quota clock as the datapath needs it now: the leap seconds between CLOCK_TAI and UTC
+/// (what the kernel was told, `adjtimex`), and the bounds of this month and the next.
+pub fn quota_clock_now() -> QuotaClock {
+    // SAFETY: a zeroed timex with modes 0 only reads the kernel's clock state.
+    let tai_secs = unsafe {
+        let mut timex: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut timex);
+        timex.tai.max(0) as u64
+    };
+    let utc_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    limiter_common::quota::month_clock(utc_secs, tai_secs * 1_000_000_000)
 }

@@ -1,4 +1,4 @@
-//! The task that lifts overrides whose TTL has run out.
+//! The task that lifts overrides whose TTL has run out, and keeps the quota clock current.
 
 use super::overrides;
 use super::state::AgentState;
@@ -19,6 +19,9 @@ pub async fn expire_overrides(state: Arc<AgentState>) {
                 }
                 // Tried again on the next tick.
                 Err(err) => tracing::warn!("lifting expired overrides: {err}"),
+            }
+            if let Err(err) = state.refresh_quota_clock() {
+                tracing::warn!("writing the quota clock: {err:#}");
             }
         })
         .await;

@@ -362,6 +362,11 @@ impl AgentState {
     }
 
     /// Makes the datapath enforce the store's overrides.
+    /// Keeps the datapath's quota clock current (see `Datapath::refresh_quota_clock`).
+    pub fn refresh_quota_clock(&self) -> anyhow::Result<()> {
+        self.datapath_mut().refresh_quota_clock()
+    }
+
     fn enforce_overrides(&self, store: &OverrideStore) -> Result<(), AgentError> {
         let resolved = resolved_overrides(store, &self.config());
         Ok(self.datapath_mut().set_overrides(resolved)?)

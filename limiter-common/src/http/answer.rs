@@ -343,11 +343,38 @@ mod render {
         /// seconds: `w` the time a full burst takes to come back, `q` the rate over it.
         /// `keep_alive`: `Connection: keep-alive` instead of `close` (`[http] keep_alive`).
         pub fn render(policy: &str, rate: u64, burst: u64, keep_alive: bool) -> Answer {
-            const SLOT: &str = "\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}";
             let rate = rate.max(1);
             let window = burst.div_ceil(rate).max(1);
             let quota = rate.saturating_mul(window);
-            let body = format!("{{\"error\":\"too many requests\",\"retry_after_s\":{SLOT}}}\n");
+            Answer::render_policy(policy, "too many requests", quota, window, keep_alive)
+        }
+
+        /// The 429 of a key over its quota of `quota` requests a window of `window_secs`:
+        /// the policy is named `POLICY-quota`, and `Retry-After` is the window's end.
+        pub fn render_quota(
+            policy: &str,
+            quota: u64,
+            window_secs: u64,
+            keep_alive: bool,
+        ) -> Answer {
+            Answer::render_policy(
+                &format!("{policy}-quota"),
+                "quota exceeded",
+                quota,
+                window_secs,
+                keep_alive,
+            )
+        }
+
+        fn render_policy(
+            policy: &str,
+            error: &str,
+            quota: u64,
+            window: u64,
+            keep_alive: bool,
+        ) -> Answer {
+            const SLOT: &str = "\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}";
+            let body = format!("{{\"error\":\"{error}\",\"retry_after_s\":{SLOT}}}\n");
             let text = format!(
                 "HTTP/1.1 429 Too Many Requests\r\n\
                  Retry-After: {SLOT}\r\n\
@@ -452,6 +479,40 @@ mod tests {
         let text = std::str::from_utf8(body).unwrap();
         assert!(text.contains("\"retry_after_s\":3"), "{text}");
         assert!(slot_fits(&answer));
+    }
+
+    #[test]
+    fn the_quota_answer_names_the_quota_and_fits_a_months_seconds() {
+        let answer = Answer::render_quota("metered", 4_294_967_295, 2_592_000, true);
+        let payload = answer.payload(2_678_400);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = response.parse(&payload).unwrap() else {
+            panic!("incomplete");
+        };
+        let field = |name: &str| {
+            let h = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name));
+            std::str::from_utf8(h.unwrap().value)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("retry-after"), "2678400");
+        assert_eq!(field("connection"), "keep-alive");
+        assert_eq!(
+            field("ratelimit-policy"),
+            "\"metered-quota\";q=4294967295;w=2592000"
+        );
+        assert_eq!(field("ratelimit"), "\"metered-quota\";r=0;t=2678400");
+        let text = std::str::from_utf8(&payload[head..]).unwrap();
+        assert!(text.contains("\"error\":\"quota exceeded\""), "{text}");
+        assert!(slot_fits(&answer));
+        // The longest plan name a configuration takes (32) still fits.
+        let longest = Answer::render_quota(&"p".repeat(32), 4_294_967_295, 2_592_000, true);
+        assert!(slot_fits(&longest));
     }
 
     fn slot_fits(answer: &Answer) -> bool {

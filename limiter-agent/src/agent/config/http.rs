@@ -3,7 +3,11 @@
 use super::check_limit;
 use limiter_common::bucket::Limit;
 use limiter_common::http::{Answer, KeyHeaders, DEFAULT_POLICY};
-use limiter_common::maps::{HttpConfig, HTTP_KEEP_ALIVE, MAX_HTTP_PORTS, MAX_PLANS};
+use limiter_common::maps::{
+    HttpConfig, PlanQuota, HTTP_KEEP_ALIVE, MAX_HTTP_PORTS, MAX_PLANS, PERIOD_DAY, PERIOD_HOUR,
+    PERIOD_MINUTE, PERIOD_MONTH,
+};
+use limiter_common::quota::{Period, SECS_PER_DAY};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -30,6 +34,9 @@ pub struct HttpSection {
     /// it: a client that goes on sending costs the gateway no new connection per rejection.
     #[serde(default)]
     pub keep_alive: bool,
+    /// Requests per `period` per API key without a plan (calendar windows in UTC).
+    pub quota: Option<i64>,
+    pub period: Option<String>,
 }
 
 /// `[[plans]]`: a limit registered keys can be put on.
@@ -39,6 +46,66 @@ pub struct Plan {
     pub name: String,
     pub rate: NonZeroU64,
     pub burst: NonZeroU64,
+    /// Requests per `period` per key of the plan (calendar windows in UTC).
+    pub quota: Option<i64>,
+    pub period: Option<String>,
+}
+
+/// A quota as configured: so many requests per window of a period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub period: Period,
+}
+
+impl Quota {
+    /// `quota` and `period` as given (both or neither); why not, if they cannot be enforced.
+    fn of(quota: Option<i64>, period: Option<&str>) -> Result<Option<Quota>, String> {
+        match (quota, period) {
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("quota needs a period: \"minute\", \"hour\", \"day\" or \"month\"".into())
+            }
+            (None, Some(_)) => Err("period without a quota (requests per period)".into()),
+            (Some(limit), Some(period)) => {
+                let period = Period::from_name(period).ok_or_else(|| {
+                    format!(
+                        "period \"{period}\": \"minute\", \"hour\", \"day\" or \"month\" \
+                         (calendar windows in UTC)"
+                    )
+                })?;
+                if !(1..=i64::from(u32::MAX)).contains(&limit) {
+                    return Err(format!(
+                        "quota {limit}: 1 to {} requests a {}",
+                        u32::MAX,
+                        period.name()
+                    ));
+                }
+                Ok(Some(Quota {
+                    limit: limit as u32,
+                    period,
+                }))
+            }
+        }
+    }
+
+    /// What the datapath applies.
+    pub fn datapath(&self) -> PlanQuota {
+        PlanQuota {
+            quota: self.limit,
+            period: match self.period {
+                Period::Minute => PERIOD_MINUTE,
+                Period::Hour => PERIOD_HOUR,
+                Period::Day => PERIOD_DAY,
+                Period::Month => PERIOD_MONTH,
+            },
+        }
+    }
+
+    /// The window's length as the 429's `RateLimit-Policy` gives it (`w`): a month as 30 days.
+    pub fn window_secs(&self) -> u64 {
+        self.period.fixed_secs().unwrap_or(30 * SECS_PER_DAY)
+    }
 }
 
 fn default_key_headers() -> Vec<String> {
@@ -95,7 +162,13 @@ impl HttpSection {
                 self.key_headers
             )
         })?;
-        check_limit(self.rate.get(), self.burst.get())
+        check_limit(self.rate.get(), self.burst.get())?;
+        self.quota().map(|_| ())
+    }
+
+    /// The quota of keys without a plan.
+    pub fn quota(&self) -> Result<Option<Quota>, String> {
+        Quota::of(self.quota, self.period.as_deref())
     }
 
     pub fn ports(&self) -> Vec<u16> {
@@ -128,13 +201,40 @@ impl HttpSection {
             self.keep_alive,
         )
     }
+
+    /// The default's 429 for its quota, if it has one.
+    pub fn quota_answer(&self) -> Option<Answer> {
+        let quota = self.quota().ok().flatten()?;
+        Some(Answer::render_quota(
+            DEFAULT_POLICY,
+            u64::from(quota.limit),
+            quota.window_secs(),
+            self.keep_alive,
+        ))
+    }
 }
 
 impl Plan {
     pub fn check(&self) -> Result<(), String> {
         check_plan_name(&self.name)?;
         check_limit(self.rate.get(), self.burst.get())
+            .and_then(|()| self.quota().map(|_| ()))
             .map_err(|why| format!("plan '{}': {why}", self.name))
+    }
+
+    pub fn quota(&self) -> Result<Option<Quota>, String> {
+        Quota::of(self.quota, self.period.as_deref())
+    }
+
+    /// The plan's 429 for its quota, if it has one.
+    pub fn quota_answer(&self, keep_alive: bool) -> Option<Answer> {
+        let quota = self.quota().ok().flatten()?;
+        Some(Answer::render_quota(
+            &self.name,
+            u64::from(quota.limit),
+            quota.window_secs(),
+            keep_alive,
+        ))
     }
 
     pub fn limit(&self) -> Limit {

@@ -684,7 +684,32 @@ mod tests {
                 "one or two key headers",
             ),
             ("[http]\nports = [80]\nburst = 0\n", "line 3", "nonzero"),
-            ("[http]\nports = [80]\nquota = 5\n", "line 3", "unknown field `quota`"),
+            ("[http]\nports = [80]\nquota = 5\n", "line 1", "quota needs a period"),
+            (
+                "[http]\nports = [80]\nperiod = \"day\"\n",
+                "line 1",
+                "period without a quota",
+            ),
+            (
+                "[http]\nports = [80]\nquota = 5\nperiod = \"week\"\n",
+                "line 1",
+                "\"minute\", \"hour\", \"day\" or \"month\"",
+            ),
+            (
+                "[http]\nports = [80]\nquota = 0\nperiod = \"day\"\n",
+                "line 1",
+                "1 to 4294967295 requests a day",
+            ),
+            (
+                "[http]\nports = [80]\nquota = 4294967296\nperiod = \"month\"\n",
+                "line 1",
+                "1 to 4294967295 requests a month",
+            ),
+            (
+                "[http]\nports = [80]\n[[plans]]\nname = \"p\"\nrate = 1\nburst = 1\nquota = -1\nperiod = \"hour\"\n",
+                "line 3",
+                "plan 'p': quota -1",
+            ),
             (
                 "[[plans]]\nname = \"pro\"\nrate = 1\nburst = 1\n",
                 "line 1",

@@ -1,0 +1,119 @@
+//! Quotas end to end: the real agent on the gateway's veth with a plan of so many requests a
+//! minute, a real nginx behind it. Within the window the key's requests reach nginx up to the
+//! quota; the next one gets a 429 from the kernel whose `Retry-After` is the window's end and
+//! whose `RateLimit-Policy` is the quota.
+
+use limiter_tests::agent::Agent;
+use limiter_tests::gateway::{get_once, ClientPass, Nginx};
+use limiter_tests::netns::TestNet;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Source and rate limits far above anything here; plan "metered": 5 requests a minute.
+const CONFIG: &str = r#"
+[limits]
+rate = 100000
+burst = 100000
+
+[http]
+ports = [8080]
+rate = 1000
+burst = 1000
+
+[[plans]]
+name = "metered"
+rate = 1000
+burst = 1000
+quota = 5
+period = "minute"
+"#;
+
+const TOKEN: &str = "tok-metered-51c2";
+
+/// `limiter keys add NAME --plan P`, the token on standard input.
+fn add_key(agent: &Agent, name: &str, plan: &str, token: &str) {
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let mut child = Command::new(limiter_tests::limiter_bin())
+        .args(["keys", "add", name, "--plan", plan, "--api-socket", &socket])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{token}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "keys add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits, if needed, so that the next few seconds are in one minute.
+fn early_in_a_minute() {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let into = secs % 60.0;
+    if into > 45.0 {
+        std::thread::sleep(Duration::from_secs_f64(60.0 - into + 0.5));
+    }
+}
+
+#[test]
+fn a_key_over_its_quota_gets_a_429_until_the_minute_ends() {
+    let net = TestNet::new(1, 1);
+    let _pass = ClientPass::attach(&net);
+    let nginx = Nginx::start(&net);
+    let agent = Agent::start(&net, Some(CONFIG));
+    add_key(&agent, "meter", "metered", TOKEN);
+    let client = IpAddr::V4(net.client_addrs[0]);
+    let header = format!("X-API-Key: {TOKEN}");
+
+    early_in_a_minute();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| get_once(&net, client, Some(&header)).status)
+        .collect();
+    assert_eq!(statuses, [200; 5], "the quota's 5 requests");
+    let answer = get_once(&net, client, Some(&header));
+    assert_eq!(answer.status, 429, "the 6th in the minute");
+    let retry: u64 = answer
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    let into = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    assert!(
+        (1..=60).contains(&retry) && retry.abs_diff(60 - into) <= 1,
+        "Retry-After {retry}: the minute's end is {} s away",
+        60 - into
+    );
+    assert_eq!(
+        answer.header("ratelimit-policy"),
+        Some("\"metered-quota\";q=5;w=60")
+    );
+    let body = answer.json();
+    assert_eq!(body["error"].as_str(), Some("quota exceeded"));
+    assert_eq!(body["retry_after_s"].as_u64(), Some(retry));
+    assert_eq!(
+        nginx
+            .logged_statuses()
+            .iter()
+            .filter(|s| **s == 200)
+            .count(),
+        5,
+        "nginx saw the quota's requests and no more"
+    );
+}
