@@ -63,6 +63,24 @@ pub struct KeyInfo {
     pub dropped: u64,
     /// Over the limit but let through by dry run.
     pub would_drop: u64,
+    /// An API key whose plan has a quota: its use in this window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaInfo>,
+}
+
+/// A key's quota in the window now.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QuotaInfo {
+    pub limit: u64,
+    pub used: u64,
+    pub remaining: u64,
+    /// `minute`, `hour`, `day` or `month`.
+    pub period: String,
+    /// When the window ends and the quota comes back (RFC 3339, UTC).
+    pub resets_at: String,
+    /// When the key will have used it up at the rate it used it so far this window; null when
+    /// not this window (now, when used up).
+    pub exhausts_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

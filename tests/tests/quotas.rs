@@ -116,4 +116,20 @@ fn a_key_over_its_quota_gets_a_429_until_the_minute_ends() {
         5,
         "nginx saw the quota's requests and no more"
     );
+
+    // What an operator sees of it.
+    let inspect = agent.json(&["inspect", "key:meter"]);
+    let quota = &inspect["quota"];
+    assert_eq!(quota["limit"].as_u64(), Some(5), "{inspect}");
+    assert_eq!(quota["used"].as_u64(), Some(5), "{inspect}");
+    assert_eq!(quota["remaining"].as_u64(), Some(0), "{inspect}");
+    assert_eq!(quota["period"].as_str(), Some("minute"));
+    let resets_at = quota["resets_at"].as_str().unwrap();
+    assert!(
+        resets_at.ends_with(":00.000Z"),
+        "{resets_at}: a minute's end"
+    );
+    assert!(quota["exhausts_at"].is_string(), "used up: {inspect}");
+    let text = agent.cli(&["inspect", "key:meter"]).stdout;
+    assert!(text.contains("5 a minute (UTC)"), "{text}");
 }

@@ -1,8 +1,9 @@
 //! The loaded XDP object and its maps: everything the agent reads from or writes to the kernel.
 
 use super::api_keys::{fingerprint, Registered, Secret};
-use super::config::{longest_match, Config, ResolvedRule};
-use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, SortBy};
+use super::config::{longest_match, Config, Quota, ResolvedRule};
+use super::events::webhook::rfc3339;
+use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, QuotaInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
@@ -17,11 +18,13 @@ use limiter_common::maps::{
     DatapathConfig, DropTally, PlanQuota, QuotaClock, ResetRequest, RuleEntry, ANSWERS_MAP,
     API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP,
     CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS,
-    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTA_ANSWERS,
-    RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
+    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP,
+    QUOTA_ANSWERS, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
+use limiter_common::quota;
 use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// XDP verdicts of the reset program (see limiter-ebpf).
 const RESET_DONE: u32 = 2; // XDP_PASS
@@ -52,6 +55,8 @@ pub struct Datapath {
     api_keys_map: HashMap<MapData, u64, ApiKeyEntry>,
     answers: Array<MapData, Answer>,
     plan_quotas: Array<MapData, PlanQuota>,
+    /// API keys' counts in their quota windows (`quota::Usage` words), by token hash.
+    quotas: HashMap<MapData, u64, u64>,
     /// The token hash's secret and the registered keys (set by `set_api_keys`).
     secret: Option<Secret>,
     registered: Vec<Registered>,
@@ -183,6 +188,7 @@ impl Datapath {
         let api_keys_map = HashMap::try_from(take(API_KEYS_MAP)?)?;
         let answers = Array::try_from(take(ANSWERS_MAP)?)?;
         let plan_quotas = Array::try_from(take(PLAN_QUOTAS_MAP)?)?;
+        let quotas = HashMap::try_from(take(QUOTAS_MAP)?)?;
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -203,6 +209,7 @@ impl Datapath {
             api_keys_map,
             answers,
             plan_quotas,
+            quotas,
             secret: None,
             registered: Vec::new(),
             api: Arc::new(ApiView::default()),
@@ -304,20 +311,30 @@ impl Datapath {
                 .remove(&hash)
                 .context("removing from the API_KEYS map")?;
         }
-        let shown = |name: &str, rate: u64, burst: u64| Shown {
+        let shown = |name: &str, rate: u64, burst: u64, quota: Option<Quota>| Shown {
             name: name.to_owned(),
             limit: Limit::new(rate, burst),
             rate,
             burst,
+            quota,
         };
         self.api = Arc::new(ApiView {
-            default: Some(shown("[http]", http.rate.get(), http.burst.get())),
+            default: Some(shown(
+                "[http]",
+                http.rate.get(),
+                http.burst.get(),
+                http.quota().ok().flatten(),
+            )),
             plans: config
                 .plans
                 .iter()
                 .map(|p| {
                     let p = p.get_ref();
-                    (p.name.clone(), shown(&p.name, p.rate.get(), p.burst.get()))
+                    let quota = p.quota().ok().flatten();
+                    (
+                        p.name.clone(),
+                        shown(&p.name, p.rate.get(), p.burst.get(), quota),
+                    )
                 })
                 .collect(),
             registered: self
@@ -557,11 +574,17 @@ impl Datapath {
     }
 
     fn key_list(&self, entries: Vec<(BucketKey, BucketState)>, now: u64) -> KeyList {
+        let quota_words = entries
+            .iter()
+            .filter_map(|(key, _)| charge::api_key_hash(key))
+            .filter_map(|hash| Some((hash, self.quotas.get(&hash, 0).ok()?)))
+            .collect();
         KeyList {
             entries,
             limits: self.limits.clone(),
             api: self.api(),
             now,
+            quota_words,
         }
     }
 
@@ -745,6 +768,8 @@ pub struct KeyList {
     limits: StdHashMap<u32, Shown>,
     api: Arc<ApiView>,
     now: u64,
+    /// The quota words (`quota::Usage`) of the API keys among `entries`, by token hash.
+    quota_words: StdHashMap<u64, u64>,
 }
 
 impl KeyList {
@@ -757,7 +782,14 @@ impl KeyList {
         self.entries.iter().filter_map(|(key, state)| {
             Some((
                 key,
-                describe(key, state, self.now, &self.limits, &self.api)?,
+                describe(
+                    key,
+                    state,
+                    self.now,
+                    &self.limits,
+                    &self.api,
+                    &self.quota_words,
+                )?,
             ))
         })
     }
@@ -779,6 +811,8 @@ pub struct Shown {
     pub limit: Limit,
     pub rate: u64,
     pub burst: u64,
+    /// An API key plan's quota.
+    pub quota: Option<Quota>,
 }
 
 impl Shown {
@@ -788,6 +822,7 @@ impl Shown {
             limit: rule.limit,
             rate: rule.rate,
             burst: rule.burst,
+            quota: None,
         }
     }
 }
@@ -827,6 +862,7 @@ fn describe(
     now: u64,
     limits: &StdHashMap<u32, Shown>,
     api: &ApiView,
+    quota_words: &StdHashMap<u64, u64>,
 ) -> Option<KeyInfo> {
     let (text, kind, api_key, shown) = match charge::api_key_hash(key) {
         Some(hash) => {
@@ -847,6 +883,12 @@ fn describe(
         }
     };
     let limit = &shown.limit;
+    let quota = shown.quota.map(|quota| {
+        let word = charge::api_key_hash(key)
+            .and_then(|hash| quota_words.get(&hash).copied())
+            .unwrap_or(0);
+        quota_info(&quota, word, SystemTime::now())
+    });
     Some(KeyInfo {
         key: text,
         kind,
@@ -860,7 +902,43 @@ fn describe(
         passed: state.passed,
         dropped: state.dropped,
         would_drop: state.would_drop,
+        quota,
     })
+}
+
+/// A key's quota at `now`, its count being `word` (`quota::Usage`): the use in the window now
+/// (none, when the word is of an earlier window), and the forecast — at the rate it used it so
+/// far this window, when it runs out, if before the window's end.
+fn quota_info(quota: &Quota, word: u64, now: SystemTime) -> QuotaInfo {
+    let utc_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let window = quota::window(quota.period, utc_secs);
+    let usage = quota::Usage::from_word(word);
+    let limit = u64::from(quota.limit);
+    let used = if usage.tag == window.tag {
+        u64::from(usage.used).min(limit)
+    } else {
+        0
+    };
+    let remaining = limit - used;
+    let at = |secs: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+    let exhausts_at = if remaining == 0 {
+        Some(rfc3339(now))
+    } else if used == 0 {
+        None
+    } else {
+        // Seconds so far this window (at least one), at `used / elapsed` per second.
+        let elapsed = (utc_secs - window.start).max(1);
+        let left = (remaining * elapsed).div_ceil(used);
+        (utc_secs + left < window.end).then(|| at(utc_secs + left))
+    };
+    QuotaInfo {
+        limit,
+        used,
+        remaining,
+        period: quota.period.name().to_owned(),
+        resets_at: at(window.end),
+        exhausts_at,
+    }
 }
 
 /// The quota clock as the datapath needs it now: the leap seconds between CLOCK_TAI and UTC
@@ -876,4 +954,59 @@ pub fn quota_clock_now() -> QuotaClock {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     limiter_common::quota::month_clock(utc_secs, tai_secs * 1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limiter_common::quota::{Period, Usage};
+
+    /// 2026-11-28T12:00:00Z.
+    const NOON: u64 = 20_785 * 86_400 + 12 * 3600;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn day(limit: u32) -> Quota {
+        Quota {
+            limit,
+            period: Period::Day,
+        }
+    }
+
+    fn word(utc_secs: u64, period: Period, used: u32) -> u64 {
+        let tag = quota::window(period, utc_secs).tag;
+        Usage { tag, used }.word()
+    }
+
+    #[test]
+    fn a_quotas_use_is_its_windows_and_the_forecast_its_rate_so_far() {
+        // Half the day gone, 400 of 1000 used: at that rate the rest lasts 18 hours more —
+        // beyond the day's end.
+        let info = quota_info(&day(1000), word(NOON, Period::Day, 400), at(NOON));
+        assert_eq!((info.used, info.remaining), (400, 600));
+        assert_eq!(info.period, "day");
+        assert_eq!(info.resets_at, "2026-11-29T00:00:00.000Z");
+        assert_eq!(info.exhausts_at, None);
+        // 800 used by noon: the last 200 go in 3 hours.
+        let info = quota_info(&day(1000), word(NOON, Period::Day, 800), at(NOON));
+        assert_eq!(
+            info.exhausts_at.as_deref(),
+            Some("2026-11-28T15:00:00.000Z")
+        );
+        // Used up: exhausted now.
+        let info = quota_info(&day(1000), word(NOON, Period::Day, 1000), at(NOON));
+        assert_eq!(info.remaining, 0);
+        assert_eq!(
+            info.exhausts_at.as_deref(),
+            Some("2026-11-28T12:00:00.000Z")
+        );
+        // A count of yesterday's window: nothing used today.
+        let info = quota_info(&day(1000), word(NOON - 86_400, Period::Day, 1000), at(NOON));
+        assert_eq!(
+            (info.used, info.remaining, info.exhausts_at),
+            (0, 1000, None)
+        );
+    }
 }

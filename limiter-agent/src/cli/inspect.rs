@@ -59,6 +59,23 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
             ),
         ),
     ]);
+    if let Some(quota) = &info.quota {
+        rows.extend([
+            ("quota", format!("{} a {} (UTC)", quota.limit, quota.period)),
+            (
+                "used",
+                format!("{} ({} remaining)", quota.used, quota.remaining),
+            ),
+            ("resets at", quota.resets_at.clone()),
+            (
+                "exhausts at",
+                quota
+                    .exhausts_at
+                    .clone()
+                    .unwrap_or_else(|| "not this window (at its rate so far)".to_owned()),
+            ),
+        ]);
+    }
     for (name, value) in rows {
         println!("{name:<13}{value}");
     }

@@ -5,7 +5,7 @@ mod http;
 mod webhook;
 
 pub use crate::api::Action;
-pub use http::{check_plan_name, HttpSection, Plan};
+pub use http::{check_plan_name, HttpSection, Plan, Quota};
 pub use webhook::WebhookUrl;
 
 use limiter_common::bucket::{Limit, NANOS_PER_SEC};

@@ -32,6 +32,7 @@ fn key(name: &str, passed: u64, dropped: u64) -> KeyInfo {
         passed,
         dropped,
         would_drop: 0,
+        quota: None,
     }
 }
 
