@@ -205,6 +205,10 @@ pub struct ResetRequest {
     pub exhausted: bool,
     #[serde(default)]
     pub all: bool,
+    /// Give the selected API keys their whole quota back for this window, instead of a full
+    /// bucket (keys without a quota are left alone).
+    #[serde(default)]
+    pub quota: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -132,4 +132,23 @@ fn a_key_over_its_quota_gets_a_429_until_the_minute_ends() {
     assert!(quota["exhausts_at"].is_string(), "used up: {inspect}");
     let text = agent.cli(&["inspect", "key:meter"]).stdout;
     assert!(text.contains("5 a minute (UTC)"), "{text}");
+
+    // The quota given back: the key's requests pass again in the same minute, and the agent
+    // logs who did it.
+    let reset = agent.cli(&["reset", "--quota", "key:meter"]);
+    assert_eq!(reset.code, 0, "{}", reset.stderr);
+    assert!(
+        reset.stdout.contains("gave 1 key the whole quota back"),
+        "{}",
+        reset.stdout
+    );
+    assert_eq!(get_once(&net, client, Some(&header)).status, 200);
+    let inspect = agent.json(&["inspect", "key:meter"]);
+    assert_eq!(inspect["quota"]["used"].as_u64(), Some(1), "{inspect}");
+    let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reset keys") && l.contains("quota=true") && l.contains("uid=0")),
+        "{log}"
+    );
 }

@@ -55,8 +55,9 @@ pub struct Datapath {
     api_keys_map: HashMap<MapData, u64, ApiKeyEntry>,
     answers: Array<MapData, Answer>,
     plan_quotas: Array<MapData, PlanQuota>,
-    /// API keys' counts in their quota windows (`quota::Usage` words), by token hash.
-    quotas: HashMap<MapData, u64, u64>,
+    /// API keys' counts in their quota windows (`quota::Usage` words), by token hash (behind a
+    /// lock: written by `reset_quota` where the rest of the datapath is only read).
+    quotas: std::sync::Mutex<HashMap<MapData, u64, u64>>,
     /// The token hash's secret and the registered keys (set by `set_api_keys`).
     secret: Option<Secret>,
     registered: Vec<Registered>,
@@ -188,7 +189,7 @@ impl Datapath {
         let api_keys_map = HashMap::try_from(take(API_KEYS_MAP)?)?;
         let answers = Array::try_from(take(ANSWERS_MAP)?)?;
         let plan_quotas = Array::try_from(take(PLAN_QUOTAS_MAP)?)?;
-        let quotas = HashMap::try_from(take(QUOTAS_MAP)?)?;
+        let quotas = std::sync::Mutex::new(HashMap::try_from(take(QUOTAS_MAP)?)?);
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -574,11 +575,13 @@ impl Datapath {
     }
 
     fn key_list(&self, entries: Vec<(BucketKey, BucketState)>, now: u64) -> KeyList {
+        let quotas = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         let quota_words = entries
             .iter()
             .filter_map(|(key, _)| charge::api_key_hash(key))
-            .filter_map(|hash| Some((hash, self.quotas.get(&hash, 0).ok()?)))
+            .filter_map(|hash| Some((hash, quotas.get(&hash, 0).ok()?)))
             .collect();
+        drop(quotas);
         KeyList {
             entries,
             limits: self.limits.clone(),
@@ -643,6 +646,28 @@ impl Datapath {
             entries.extend(self.bucket(&key)?.map(|state| (key, state)));
         }
         Ok(self.key_list(entries, now))
+    }
+
+    /// Gives the API key `key` its whole quota back for the window now; false when it is not
+    /// an API key or its plan has no quota. (The kernel's compare-and-swap of a request at the
+    /// same moment is overwritten: the reset wins.)
+    pub fn reset_quota(&self, key: &BucketKey) -> anyhow::Result<bool> {
+        let Some(hash) = charge::api_key_hash(key) else {
+            return Ok(false);
+        };
+        let Some(quota) = self.api.of(hash).and_then(|(shown, _, _)| shown.quota) else {
+            return Ok(false);
+        };
+        let utc_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let tag = quota::window(quota.period, utc_secs).tag;
+        self.quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, quota::Usage { tag, used: 0 }.word(), 0)
+            .context("writing the QUOTAS map")?;
+        Ok(true)
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).

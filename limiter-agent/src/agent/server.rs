@@ -403,7 +403,12 @@ async fn reset(
                 hits.iter().for_each(|&i| selected[sources[i].0] = true);
                 !hits.is_empty()
             };
-            if chosen && datapath.reset(key)? {
+            let done = match (chosen, request.quota) {
+                (false, _) => false,
+                (true, true) => datapath.reset_quota(key)?,
+                (true, false) => datapath.reset(key)?,
+            };
+            if done {
                 reset += 1;
                 state.resets.fetch_add(1, Ordering::Relaxed);
             }
@@ -419,6 +424,7 @@ async fn reset(
             keys = request.keys.len(),
             exhausted = request.exhausted,
             all = request.all,
+            quota = request.quota,
             uid = caller.uid,
             pid = caller.pid,
             "reset keys"

@@ -17,6 +17,10 @@ pub struct ResetArgs {
     /// Every tracked key.
     #[arg(long)]
     pub all: bool,
+    /// Give API keys their whole quota back for this window, instead of a full bucket (keys
+    /// without a quota are left alone).
+    #[arg(long)]
+    pub quota: bool,
 }
 
 pub async fn run(args: ResetArgs) -> Result<(), Failure> {
@@ -29,13 +33,21 @@ pub async fn run(args: ResetArgs) -> Result<(), Failure> {
         keys,
         exhausted: args.exhausted,
         all: args.all,
+        quota: args.quota,
     };
     let answer: ResetResponse = args.api.client().post(RESET_PATH, &request).await?;
     if args.api.json {
         return print_json(&answer);
     }
     let noun = if answer.reset == 1 { "key" } else { "keys" };
-    println!("reset {} {noun} to a full bucket", answer.reset);
+    if args.quota {
+        println!(
+            "gave {} {noun} the whole quota back for this window",
+            answer.reset
+        );
+    } else {
+        println!("reset {} {noun} to a full bucket", answer.reset);
+    }
     for key in &answer.not_tracked {
         eprintln!("note: {key} is not tracked; nothing to reset");
     }
