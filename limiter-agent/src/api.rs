@@ -389,3 +389,27 @@ pub struct OverrideQuery {
 pub struct OverrideRemoved {
     pub removed: u64,
 }
+
+/// `at` as RFC 3339 in UTC with milliseconds, as the API's and the webhook's times are:
+/// `2025-01-31T23:59:59.123Z`.
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs: u64, millis: u64| {
+            rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_700_000_000, 999), "2023-11-14T22:13:20.999Z");
+        assert_eq!(at(1_735_689_599, 0), "2024-12-31T23:59:59.000Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+    }
+}

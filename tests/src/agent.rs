@@ -165,6 +165,36 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// `limiter keys add NAME [--plan P]` with the token on standard input, as an operator
+    /// gives it: exit status, stdout, stderr.
+    pub fn add_key(&self, name: &str, plan: Option<&str>, token: &str) -> (i32, String, String) {
+        let socket = self.socket.to_str().unwrap().to_owned();
+        let mut args = vec!["keys", "add", name, "--api-socket", &socket];
+        if let Some(plan) = plan {
+            args.extend(["--plan", plan]);
+        }
+        let mut child = Command::new(crate::limiter_bin())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{token}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs a `limiter` subcommand against this agent.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         let socket = self.socket.to_str().unwrap();

@@ -9,7 +9,7 @@ use limiter_tests::gateway::{
 use limiter_tests::netns::TestNet;
 use limiter_tests::u64_of;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Source limits far above anything here; keys at 2/s burst 5 by default, plan "pro" 1/s
@@ -61,31 +61,7 @@ impl Bed {
 
     /// `limiter keys add NAME [--plan P]` with the token on standard input.
     fn add_key(&self, name: &str, plan: Option<&str>, token: &str) -> (i32, String, String) {
-        let socket = self.agent.socket.to_str().unwrap().to_owned();
-        let mut args = vec!["keys", "add", name, "--api-socket", &socket];
-        if let Some(plan) = plan {
-            args.extend(["--plan", plan]);
-        }
-        let mut child = Command::new(limiter_tests::limiter_bin())
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{token}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.agent.add_key(name, plan, token)
     }
 
     /// Requests on connections of their own until `count` were sent; the statuses.

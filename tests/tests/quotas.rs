@@ -7,7 +7,6 @@ use limiter_tests::agent::Agent;
 use limiter_tests::gateway::{get_once, ClientPass, Nginx};
 use limiter_tests::netns::TestNet;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Source and rate limits far above anything here; plan "metered": 5 requests a minute.
@@ -31,31 +30,6 @@ period = "minute"
 
 const TOKEN: &str = "tok-metered-51c2";
 
-/// `limiter keys add NAME --plan P`, the token on standard input.
-fn add_key(agent: &Agent, name: &str, plan: &str, token: &str) {
-    let socket = agent.socket.to_str().unwrap().to_owned();
-    let mut child = Command::new(limiter_tests::limiter_bin())
-        .args(["keys", "add", name, "--plan", plan, "--api-socket", &socket])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{token}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "keys add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Waits, if needed, so that the next few seconds are in one minute.
 fn early_in_a_minute() {
     let secs = SystemTime::now()
@@ -74,7 +48,8 @@ fn a_key_over_its_quota_gets_a_429_until_the_minute_ends() {
     let _pass = ClientPass::attach(&net);
     let nginx = Nginx::start(&net);
     let agent = Agent::start(&net, Some(CONFIG));
-    add_key(&agent, "meter", "metered", TOKEN);
+    let (code, _, err) = agent.add_key("meter", Some("metered"), TOKEN);
+    assert_eq!(code, 0, "keys add: {err}");
     let client = IpAddr::V4(net.client_addrs[0]);
     let header = format!("X-API-Key: {TOKEN}");
 

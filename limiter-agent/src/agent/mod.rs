@@ -16,6 +16,7 @@ mod link_watch;
 mod metrics;
 mod overrides;
 mod private_file;
+mod quotas;
 mod selection;
 mod serve;
 mod server;

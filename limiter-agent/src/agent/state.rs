@@ -363,8 +363,12 @@ impl AgentState {
 
     /// Makes the datapath enforce the store's overrides.
     /// Keeps the datapath's quota clock current (see `Datapath::refresh_quota_clock`).
+    /// Looked at under the read lock; the write lock only once a month, when it changes.
     pub fn refresh_quota_clock(&self) -> anyhow::Result<()> {
-        self.datapath_mut().refresh_quota_clock()
+        let Some(clock) = self.datapath().quota_clock_due() else {
+            return Ok(());
+        };
+        self.datapath_mut().refresh_quota_clock(clock)
     }
 
     fn enforce_overrides(&self, store: &OverrideStore) -> Result<(), AgentError> {

@@ -454,22 +454,7 @@ mod tests {
     fn the_answer_is_a_complete_http_response() {
         let answer = Answer::render("default", 10, 20, false);
         let payload = answer.payload(3);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(head) = response.parse(&payload).unwrap() else {
-            panic!("incomplete");
-        };
-        assert_eq!(response.code, Some(429));
-        let field = |name: &str| {
-            let h = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name));
-            std::str::from_utf8(h.unwrap().value)
-                .unwrap()
-                .trim()
-                .to_string()
-        };
+        let (head, field) = parsed(&payload);
         assert_eq!(field("retry-after"), "3");
         assert_eq!(field("connection"), "close");
         assert_eq!(field("ratelimit-policy"), "\"default\";q=20;w=2");
@@ -485,21 +470,7 @@ mod tests {
     fn the_quota_answer_names_the_quota_and_fits_a_months_seconds() {
         let answer = Answer::render_quota("metered", 4_294_967_295, 2_592_000, true);
         let payload = answer.payload(2_678_400);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(head) = response.parse(&payload).unwrap() else {
-            panic!("incomplete");
-        };
-        let field = |name: &str| {
-            let h = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name));
-            std::str::from_utf8(h.unwrap().value)
-                .unwrap()
-                .trim()
-                .to_string()
-        };
+        let (head, field) = parsed(&payload);
         assert_eq!(field("retry-after"), "2678400");
         assert_eq!(field("connection"), "keep-alive");
         assert_eq!(
@@ -513,6 +484,33 @@ mod tests {
         // The longest plan name a configuration takes (32) still fits.
         let longest = Answer::render_quota(&"p".repeat(32), 4_294_967_295, 2_592_000, true);
         assert!(slot_fits(&longest));
+    }
+
+    /// A 429 parsed as HTTP (asserted complete): the length of its head, and its header
+    /// fields by name, trimmed.
+    fn parsed(payload: &[u8]) -> (usize, impl Fn(&str) -> String) {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = response.parse(payload).unwrap() else {
+            panic!("incomplete");
+        };
+        assert_eq!(response.code, Some(429));
+        let fields: Vec<(String, String)> = response
+            .headers
+            .iter()
+            .map(|h| {
+                let value = std::str::from_utf8(h.value).unwrap().trim().to_string();
+                (h.name.to_ascii_lowercase(), value)
+            })
+            .collect();
+        let field = move |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {name} header"))
+        };
+        (head, field)
     }
 
     fn slot_fits(answer: &Answer) -> bool {

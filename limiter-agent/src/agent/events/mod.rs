@@ -19,7 +19,7 @@
 //! in that time (over its per-CPU bound, or with the ring buffer full).
 
 mod reader;
-pub(crate) mod webhook;
+mod webhook;
 
 use anyhow::{anyhow, Context};
 use aya::maps::{MapData, PerCpuArray, RingBuf};

@@ -3,10 +3,11 @@
 //! [`LOG_LINES_PER_SEC`], then one summary line a second — and offers it to the webhook queue
 //! without ever waiting.
 
-use super::webhook::{rfc3339, Alert, Undelivered};
+use super::webhook::{Alert, Undelivered};
 use crate::agent::config::{rule_id, Config, WebhookUrl};
 use crate::agent::datapath::{monotonic_now_ns, CounterSums};
 use crate::agent::state::AgentState;
+use crate::api::rfc3339;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use limiter_common::key::Prefix;
 use limiter_common::maps::{Counter, ExhaustionEvent, DEFAULT_RULE_ID, EVENT_DRY_RUN};

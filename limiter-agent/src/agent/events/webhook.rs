@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
@@ -202,27 +202,11 @@ async fn post(url: &WebhookUrl, body: Bytes) -> Result<(), String> {
     }
 }
 
-/// `at` as RFC 3339 in UTC with milliseconds: `2025-01-31T23:59:59.123Z`.
-pub fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::rfc3339;
     use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let at = |secs: u64, millis: u64| {
-            rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
-        };
-        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(at(1_700_000_000, 999), "2023-11-14T22:13:20.999Z");
-        assert_eq!(at(1_735_689_599, 0), "2024-12-31T23:59:59.000Z");
-        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
-    }
 
     #[test]
     fn a_payload_has_the_documented_shape() {
