@@ -97,6 +97,12 @@ pub const PLAN_QUOTAS_MAP: &str = "PLAN_QUOTAS";
 pub const QUOTAS_MAP: &str = "QUOTAS";
 /// API keys whose quota use the datapath keeps at most (least recently used go first).
 pub const MAX_QUOTA_KEYS: u32 = 262_144;
+/// Hash: an API key's token hash → requests added to its quota for a window
+/// (`quota::TopUp` as a word), written by the agent (`limiter quota KEY --add N`), which also
+/// removes the entries of windows that ended. Not an LRU: a top-up is never evicted.
+pub const QUOTA_TOPUPS_MAP: &str = "QUOTA_TOPUPS";
+/// Keys with a top-up at most.
+pub const MAX_QUOTA_TOPUPS: u32 = 65_536;
 /// LRU hash of the connections whose last request the program decided: [`FlowKey`] →
 /// [`FlowState`]. A retransmitted request gets the same verdict without being charged again,
 /// and the client's next segment after a 429 becomes the reset that frees the gateway's socket.

@@ -189,8 +189,8 @@ pub enum Take {
 /// back never hands out a second quota.
 pub const fn take(word: u64, tag: u32, limit: u32) -> Take {
     let usage = Usage::from_word(word);
-    let used = if tag > usage.tag { 0 } else { usage.used };
-    let tag = if tag > usage.tag { tag } else { usage.tag };
+    let tag = charged_window(word, tag);
+    let used = if tag == usage.tag { usage.used } else { 0 };
     if used >= limit {
         return Take::Over;
     }
@@ -201,6 +201,51 @@ pub const fn take(word: u64, tag: u32, limit: u32) -> Take {
         }
         .word(),
     )
+}
+
+/// Requests added to a key's quota for one window (`limiter quota KEY --add N`), as one word:
+/// the window's tag in the high half, the requests added in the low half. Written by the agent
+/// only; the datapath reads it when a key's count reaches its quota, so a key without a top-up
+/// pays nothing for the feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopUp {
+    pub tag: u32,
+    pub added: u32,
+}
+
+impl TopUp {
+    pub const fn from_word(word: u64) -> TopUp {
+        TopUp {
+            tag: (word >> 32) as u32,
+            added: word as u32,
+        }
+    }
+
+    pub const fn word(self) -> u64 {
+        ((self.tag as u64) << 32) | self.added as u64
+    }
+}
+
+/// The window a request at window `tag` is charged to, the key's count being `word`: the later
+/// of the two (see [`take`]: a clock stepped back charges the window the count is in).
+pub const fn charged_window(word: u64, tag: u32) -> u32 {
+    let counted = Usage::from_word(word).tag;
+    if tag > counted {
+        tag
+    } else {
+        counted
+    }
+}
+
+/// A key's quota for the window a request at `tag` is charged to: the plan's `quota` plus the
+/// top-up `top_up` (a [`TopUp`] word) when it is of that window (at most `u32::MAX`).
+pub const fn limit_with_top_up(quota: u32, top_up: u64, word: u64, tag: u32) -> u32 {
+    let top_up = TopUp::from_word(top_up);
+    if top_up.tag == charged_window(word, tag) {
+        quota.saturating_add(top_up.added)
+    } else {
+        quota
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn a_top_up_counts_in_its_window_and_the_window_the_count_is_in() {
+        let top_up = TopUp { tag: 10, added: 5 }.word();
+        let counted = Usage { tag: 10, used: 3 }.word();
+        assert_eq!(limit_with_top_up(3, top_up, counted, 10), 8);
+        // The clock stepped back a window: still charged to window 10, topped up.
+        assert_eq!(limit_with_top_up(3, top_up, counted, 9), 8);
+        // The next window: the plan's quota alone.
+        assert_eq!(limit_with_top_up(3, top_up, counted, 11), 3);
+        // No top-up (the word 0 is window 0's, long gone) and a top-up at the ceiling.
+        assert_eq!(limit_with_top_up(3, 0, counted, 10), 3);
+        let most = TopUp {
+            tag: 10,
+            added: u32::MAX,
+        }
+        .word();
+        assert_eq!(limit_with_top_up(3, most, counted, 10), u32::MAX);
+    }
+
+    #[test]
     fn the_datapath_finds_the_windows_of_the_calendar() {
         use crate::maps::{PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE, PERIOD_MONTH};
         let now = date(2026, 11, 28) + 3600 * 13 + 61;
@@ -334,6 +398,31 @@ mod tests {
                 }
             }
             prop_assert!(passed.iter().all(|&p| p <= limit), "{passed:?}");
+        }
+
+        /// The same, with a top-up of one window: that window passes at most the quota plus
+        /// the top-up, every other one at most the quota.
+        #[test]
+        fn a_top_up_raises_its_window_only(
+            limit in 1u32..50,
+            added in 0u32..50,
+            topped in 0u32..6,
+            tags in proptest::collection::vec(0u32..6, 1..400),
+        ) {
+            let top_up = TopUp { tag: topped, added }.word();
+            let mut word = 0u64;
+            let mut passed = [0u32; 6];
+            for tag in tags {
+                let allowed = limit_with_top_up(limit, top_up, word, tag);
+                if let Take::Within(next) = take(word, tag, allowed) {
+                    passed[Usage::from_word(next).tag as usize] += 1;
+                    word = next;
+                }
+            }
+            for (tag, &p) in passed.iter().enumerate() {
+                let most = if tag as u32 == topped { limit + added } else { limit };
+                prop_assert!(p <= most, "window {tag}: {p} passed, at most {most}");
+            }
         }
 
         #[test]

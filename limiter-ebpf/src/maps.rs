@@ -9,7 +9,8 @@ use limiter_common::{
     maps::{
         ApiKeyEntry, BucketKey, BucketState, DatapathConfig, DropTally, EventBudget, FlowKey,
         FlowState, PlanQuota, RuleEntry, ANSWER_ENTRIES, COUNTER_ENTRIES, DROP_TALLY_SLOTS,
-        EVENTS_BYTES, MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_QUOTA_KEYS, MAX_RULES,
+        EVENTS_BYTES, MAX_API_KEYS, MAX_FLOWS, MAX_PLANS, MAX_QUOTA_KEYS, MAX_QUOTA_TOPUPS,
+        MAX_RULES,
     },
 };
 
@@ -75,6 +76,10 @@ pub static PLAN_QUOTAS: Array<PlanQuota> = Array::pinned(MAX_PLANS + 1, 0);
 /// Each API key's count in its quota window (`quota`), by token hash.
 #[map]
 pub static QUOTAS: LruHashMap<u64, u64> = LruHashMap::pinned(MAX_QUOTA_KEYS, 0);
+
+/// Requests added to API keys' quotas for a window (`quota::TopUp`), by token hash.
+#[map]
+pub static QUOTA_TOPUPS: HashMap<u64, u64> = HashMap::pinned(MAX_QUOTA_TOPUPS, 0);
 
 /// The last decided request of each connection (see `http`).
 #[map]

@@ -15,7 +15,7 @@ use limiter_common::maps::{
     DropTally, HttpConfig, PlanQuota, RuleEntry, ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP,
     CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
     DROP_TALLIES_MAP, LIMITER_PROG, MAX_HTTP_PORTS, PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE,
-    PLAN_QUOTAS_MAP, QUOTA_ANSWERS, RULES_V4_MAP, RULES_V6_MAP, TICK_GLOBAL,
+    PLAN_QUOTAS_MAP, QUOTA_ANSWERS, QUOTA_TOPUPS_MAP, RULES_V4_MAP, RULES_V6_MAP, TICK_GLOBAL,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -240,6 +240,15 @@ impl XdpObject {
         config.set(0, value, 0).expect("writing CONFIG");
     }
 
+    /// Tops up the quota of the API key of token hash `hash` by `added` for the minute window
+    /// `tag` (as `limiter quota KEY --add` does).
+    pub fn set_top_up(&mut self, hash: u64, tag: u32, added: u32) {
+        let mut top_ups: HashMap<_, u64, u64> =
+            HashMap::try_from(self.ebpf.map_mut(QUOTA_TOPUPS_MAP).expect("QUOTA_TOPUPS")).unwrap();
+        let word = limiter_common::quota::TopUp { tag, added }.word();
+        top_ups.insert(hash, word, 0).expect("writing QUOTA_TOPUPS");
+    }
+
     /// The bucket of `key`, if the program tracks it, with the drops the CPUs tallied for it
     /// (`DropTally`) added, as the agent shows it.
     pub fn bucket(&self, key: &BucketKey) -> Option<BucketState> {
@@ -363,6 +372,12 @@ fn read_clock(clock: libc::clockid_t) -> u64 {
     // SAFETY: a valid clock id and a timespec to write.
     assert_eq!(unsafe { libc::clock_gettime(clock, &mut now) }, 0);
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The minute the quota clock of [`XdpObject::set_quota`] with `tai_offset_ns` is in now (its
+/// window tag: minutes since 1970).
+pub fn quota_minute(tai_offset_ns: u64) -> u32 {
+    ((read_clock(libc::CLOCK_TAI) - tai_offset_ns) / 60_000_000_000) as u32
 }
 
 /// How far CLOCK_TAI is ahead of CLOCK_REALTIME now, ns, rounded to whole seconds (the leap

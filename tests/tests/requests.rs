@@ -645,3 +645,44 @@ fn a_key_over_its_quota_is_refused_until_its_window_ends() {
     );
     assert_eq!(object.counter(Counter::OverQuota), 2);
 }
+
+/// `limiter quota KEY --add N` as the kernel sees it: a key that used up its quota passes N more
+/// in the window of the top-up, and only there.
+#[test]
+fn a_top_up_lets_a_used_up_key_pass_that_many_more_in_its_window() {
+    require_root();
+    let mut object = object(1000);
+    let offset = limiter_tests::object::tai_offset_ns() + 120_000_000_000;
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into >= 57 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - into));
+    }
+    object.set_quota(0, 2, PERIOD_MINUTE, offset);
+    let minute = limiter_tests::object::quota_minute(offset);
+    let body = request("tok-T");
+    let hash = hash(b"tok-T");
+    let mut port = 43000u16;
+    let mut send = |object: &XdpObject| {
+        port += 1;
+        object
+            .run_out(&segment(port, 100, TCP_PSH | TCP_ACK, &body))
+            .0
+    };
+    let mut verdicts =
+        |object: &XdpObject, n: usize| (0..n).map(|_| send(object)).collect::<Vec<_>>();
+    assert_eq!(verdicts(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
+    // A top-up of the minute before: nothing for this one.
+    object.set_top_up(hash, minute - 1, 5);
+    assert_eq!(verdicts(&object, 1), [XDP_TX]);
+    // Two more for this minute: two pass, the next is refused.
+    object.set_top_up(hash, minute, 2);
+    assert_eq!(verdicts(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
+    assert_eq!(object.counter(Counter::OverQuota), 3);
+    // A minute on: the plan's quota alone.
+    object.set_quota(0, 2, PERIOD_MINUTE, offset - 60_000_000_000);
+    assert_eq!(verdicts(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
+}
