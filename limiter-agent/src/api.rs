@@ -16,6 +16,7 @@ pub const STATUS_PATH: &str = "/v1/status";
 pub const KEYS_PATH: &str = "/v1/keys";
 pub const INSPECT_PATH: &str = "/v1/inspect";
 pub const RESET_PATH: &str = "/v1/reset";
+pub const QUOTA_PATH: &str = "/v1/quota";
 pub const RELOAD_PATH: &str = "/v1/reload";
 pub const OVERRIDES_PATH: &str = "/v1/overrides";
 /// Registered API keys: `POST` adds one, `DELETE ?name=` forgets one.
@@ -74,6 +75,9 @@ pub struct QuotaInfo {
     pub limit: u64,
     pub used: u64,
     pub remaining: u64,
+    /// Of `limit`, what `limiter quota KEY --add N` added for this window.
+    #[serde(default)]
+    pub added: u64,
     /// `minute`, `hour`, `day` or `month`.
     pub period: String,
     /// When the window ends and the quota comes back (RFC 3339, UTC).
@@ -218,6 +222,21 @@ pub struct ResetResponse {
     /// KEYs of the request that selected no tracked key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_tracked: Vec<String>,
+}
+
+/// Body of `POST /v1/quota`: add `add` requests to the quota of the API key `key` (`key:NAME`,
+/// `key:FINGERPRINT`) for the window now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuotaTopUpRequest {
+    pub key: String,
+    pub add: u64,
+}
+
+/// Answer of `POST /v1/quota`: the key and its quota after the top-up.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QuotaTopUpResponse {
+    pub key: String,
+    pub quota: QuotaInfo,
 }
 
 /// Body of every error answer.

@@ -45,6 +45,8 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Give keys a full bucket at once; prints how many were reset.
     Reset(cli::ResetArgs),
+    /// An API key's quota this window; `--add N` tops it up until the window ends.
+    Quota(cli::quota::QuotaArgs),
     /// API keys (HTTP requests on [http] ports): tracked ones, `keys add NAME`, `keys rm NAME`.
     Keys(cli::keys::KeysArgs),
     /// Live full-screen view of the busiest and most throttled keys, refreshing in place.
@@ -117,6 +119,7 @@ fn run_cli(command: Command) -> Result<(), Failure> {
             Command::List(args) => cli::list::run(args).await,
             Command::Inspect(args) => cli::inspect::run(args).await,
             Command::Reset(args) => cli::reset::run(args).await,
+            Command::Quota(args) => cli::quota::run(args).await,
             Command::Keys(args) => cli::keys::run(args).await,
             Command::Reload(args) => cli::reload::run(args).await,
             Command::Top(args) => cli::top::run(args).await,

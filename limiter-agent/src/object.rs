@@ -65,6 +65,7 @@ mod tests {
             (DROP_TALLIES_MAP, 4, size_of::<DropTally>()),
             (PLAN_QUOTAS_MAP, 4, size_of::<PlanQuota>()),
             (QUOTAS_MAP, 8, 8),
+            (QUOTA_TOPUPS_MAP, 8, 8),
         ];
         let mut wrong = Vec::new();
         for &(name, key, value) in maps {

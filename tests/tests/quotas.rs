@@ -127,3 +127,94 @@ fn a_key_over_its_quota_gets_a_429_until_the_minute_ends() {
         "{log}"
     );
 }
+
+/// `limiter quota KEY --add N`: a key that used up its quota gets N more requests through
+/// nginx for the rest of its window, its quota shows them, the agent logs who added them; a
+/// top-up that cannot be is refused with its reason and changes nothing.
+#[test]
+fn a_top_up_lets_a_used_up_key_through_for_the_rest_of_its_window() {
+    let net = TestNet::new(1, 1);
+    let _pass = ClientPass::attach(&net);
+    let nginx = Nginx::start(&net);
+    let agent = Agent::start(&net, Some(CONFIG));
+    let (code, _, err) = agent.add_key("meter", Some("metered"), TOKEN);
+    assert_eq!(code, 0, "keys add: {err}");
+    let (code, _, err) = agent.add_key("free", None, "tok-free-8a1e");
+    assert_eq!(code, 0, "keys add: {err}");
+    let client = IpAddr::V4(net.client_addrs[0]);
+    let header = format!("X-API-Key: {TOKEN}");
+    let status = || get_once(&net, client, Some(&header)).status;
+
+    early_in_a_minute();
+    let statuses: Vec<u16> = (0..6).map(|_| status()).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+
+    // Refused, each with its reason; nothing changes.
+    for (args, code, says) in [
+        (&["--add", "0"][..], 2, "positive number"),
+        (&["--add", "-5"][..], 2, "positive number"),
+        (&["--add", "99999999999"][..], 2, "more than a quota window counts"),
+        (&["--add", "4294967295"][..], 2, "can take at most 4294967290 more"),
+        (&["--add", "lots"][..], 2, "invalid value"),
+    ] {
+        let mut full = vec!["quota", "key:meter"];
+        full.extend_from_slice(args);
+        let out = agent.cli(&full);
+        assert_eq!(out.code, code, "{full:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{full:?}: {}", out.stderr);
+    }
+    let out = agent.cli(&["quota", "key:free", "--add", "3"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("key:free has no quota"), "{}", out.stderr);
+    let out = agent.cli(&["quota", "198.18.0.10", "--add", "3"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let quota = agent.json(&["quota", "key:meter"]);
+    assert_eq!(
+        (quota["limit"].as_u64(), quota["added"].as_u64()),
+        (Some(5), Some(0)),
+        "{quota}"
+    );
+    assert_eq!(status(), 429, "still used up");
+
+    // Two more for this minute.
+    let out = agent.cli(&["quota", "key:meter", "--add", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("added 2 requests to key:meter's quota for this window"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("7 a minute (UTC), 2 of it added"), "{}", out.stdout);
+    let statuses: Vec<u16> = (0..3).map(|_| status()).collect();
+    assert_eq!(statuses, [200, 200, 429], "the top-up's two, then used up again");
+    let quota = agent.json(&["quota", "key:meter"]);
+    assert_eq!(
+        (
+            quota["limit"].as_u64(),
+            quota["used"].as_u64(),
+            quota["remaining"].as_u64(),
+            quota["added"].as_u64()
+        ),
+        (Some(7), Some(7), Some(0), Some(2)),
+        "{quota}"
+    );
+    assert_eq!(
+        nginx
+            .logged_statuses()
+            .iter()
+            .filter(|s| **s == 200)
+            .count(),
+        7,
+        "nginx saw the quota's 5 and the top-up's 2"
+    );
+    let log = agent.log();
+    assert!(
+        log.lines().any(|l| l.contains("quota topped up")
+            && l.contains("key:meter")
+            && l.contains("added=2")
+            && l.contains("uid=0")),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN), "the token is never logged");
+}

@@ -2,8 +2,10 @@
 
 use super::api_keys::{fingerprint, Registered, Secret};
 use super::config::{longest_match, Config, Quota, ResolvedRule};
-use super::quotas::{quota_clock_now, quota_info};
-use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, SortBy};
+use super::quotas::{
+    quota_clock_now, quota_info, top_up_is_over, topped_up, QuotaWords, TopUpRefusal,
+};
+use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, QuotaInfo, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
@@ -18,7 +20,7 @@ use limiter_common::maps::{
     DatapathConfig, DropTally, PlanQuota, QuotaClock, ResetRequest, RuleEntry, ANSWERS_MAP,
     API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP,
     CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS,
-    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP,
+    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP, QUOTA_TOPUPS_MAP,
     QUOTA_ANSWERS, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
 use limiter_common::quota;
@@ -55,9 +57,9 @@ pub struct Datapath {
     api_keys_map: HashMap<MapData, u64, ApiKeyEntry>,
     answers: Array<MapData, Answer>,
     plan_quotas: Array<MapData, PlanQuota>,
-    /// API keys' counts in their quota windows (`quota::Usage` words), by token hash (behind a
-    /// lock: written by `reset_quota` where the rest of the datapath is only read).
-    quotas: std::sync::Mutex<HashMap<MapData, u64, u64>>,
+    /// API keys' counts in their quota windows and their top-ups, by token hash (behind a lock:
+    /// written by `reset_quota` and `top_up_quota` where the rest of the datapath is only read).
+    quotas: std::sync::Mutex<QuotaMaps>,
     /// The token hash's secret and the registered keys (set by `set_api_keys`).
     secret: Option<Secret>,
     registered: Vec<Registered>,
@@ -110,6 +112,21 @@ impl ApiView {
             .iter()
             .find(|(_, (n, _))| n == name)
             .map(|(hash, _)| *hash)
+    }
+}
+
+/// The quota maps: `QUOTAS` (`quota::Usage` words) and `QUOTA_TOPUPS` (`quota::TopUp` words).
+struct QuotaMaps {
+    counts: HashMap<MapData, u64, u64>,
+    top_ups: HashMap<MapData, u64, u64>,
+}
+
+impl QuotaMaps {
+    fn words(&self, hash: u64) -> QuotaWords {
+        QuotaWords {
+            usage: self.counts.get(&hash, 0).unwrap_or(0),
+            top_up: self.top_ups.get(&hash, 0).unwrap_or(0),
+        }
     }
 }
 
@@ -189,7 +206,10 @@ impl Datapath {
         let api_keys_map = HashMap::try_from(take(API_KEYS_MAP)?)?;
         let answers = Array::try_from(take(ANSWERS_MAP)?)?;
         let plan_quotas = Array::try_from(take(PLAN_QUOTAS_MAP)?)?;
-        let quotas = std::sync::Mutex::new(HashMap::try_from(take(QUOTAS_MAP)?)?);
+        let quotas = std::sync::Mutex::new(QuotaMaps {
+            counts: HashMap::try_from(take(QUOTAS_MAP)?)?,
+            top_ups: HashMap::try_from(take(QUOTA_TOPUPS_MAP)?)?,
+        });
         let reset: &mut Xdp = ebpf
             .program_mut(RESET_PROG)
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
@@ -580,7 +600,7 @@ impl Datapath {
         let quota_words = entries
             .iter()
             .filter_map(|(key, _)| charge::api_key_hash(key))
-            .filter_map(|hash| Some((hash, quotas.get(&hash, 0).ok()?)))
+            .map(|hash| (hash, quotas.words(hash)))
             .collect();
         drop(quotas);
         KeyList {
@@ -666,9 +686,56 @@ impl Datapath {
         self.quotas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .counts
             .insert(hash, quota::Usage { tag, used: 0 }.word(), 0)
             .context("writing the QUOTAS map")?;
         Ok(true)
+    }
+
+    /// Adds `add` requests to the quota of the API key whose token hashes to `hash`, for the
+    /// window now; the key's quota after it. Top-ups of windows that ended are removed first,
+    /// so the map holds only those that still count.
+    pub fn top_up_quota(
+        &self,
+        hash: u64,
+        add: u32,
+    ) -> anyhow::Result<Result<QuotaInfo, TopUpRefusal>> {
+        let Some(quota) = self.api.of(hash).and_then(|(shown, _, _)| shown.quota) else {
+            return Ok(Err(TopUpRefusal::NoQuota));
+        };
+        let now = SystemTime::now();
+        let mut maps = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        let words = maps.words(hash);
+        let word = match topped_up(&quota, words, add, now) {
+            Ok(word) => word,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let over: Vec<u64> = maps
+            .top_ups
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(other, top_up)| {
+                let quota = self.api.of(*other).and_then(|(shown, _, _)| shown.quota);
+                top_up_is_over(quota.as_ref(), *top_up, now)
+            })
+            .map(|(other, _)| other)
+            .collect();
+        for other in over {
+            // Gone meanwhile is as good as removed.
+            let _ = maps.top_ups.remove(&other);
+        }
+        match maps.top_ups.insert(hash, word, 0) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                return Ok(Err(TopUpRefusal::Full));
+            }
+            Err(err) => return Err(err).context("writing the QUOTA_TOPUPS map"),
+        }
+        let words = QuotaWords {
+            top_up: word,
+            ..words
+        };
+        Ok(Ok(quota_info(&quota, words, now)))
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).
@@ -794,8 +861,8 @@ pub struct KeyList {
     limits: StdHashMap<u32, Shown>,
     api: Arc<ApiView>,
     now: u64,
-    /// The quota words (`quota::Usage`) of the API keys among `entries`, by token hash.
-    quota_words: StdHashMap<u64, u64>,
+    /// The quota words of the API keys among `entries`, by token hash.
+    quota_words: StdHashMap<u64, QuotaWords>,
 }
 
 impl KeyList {
@@ -888,7 +955,7 @@ fn describe(
     now: u64,
     limits: &StdHashMap<u32, Shown>,
     api: &ApiView,
-    quota_words: &StdHashMap<u64, u64>,
+    quota_words: &StdHashMap<u64, QuotaWords>,
 ) -> Option<KeyInfo> {
     let (text, kind, api_key, shown) = match charge::api_key_hash(key) {
         Some(hash) => {
@@ -910,10 +977,10 @@ fn describe(
     };
     let limit = &shown.limit;
     let quota = shown.quota.map(|quota| {
-        let word = charge::api_key_hash(key)
+        let words = charge::api_key_hash(key)
             .and_then(|hash| quota_words.get(&hash).copied())
-            .unwrap_or(0);
-        quota_info(&quota, word, SystemTime::now())
+            .unwrap_or_default();
+        quota_info(&quota, words, SystemTime::now())
     });
     Some(KeyInfo {
         key: text,

@@ -6,6 +6,7 @@ use super::config::Action;
 use super::datapath::{ApiView, Datapath};
 use super::error::AgentError;
 use super::overrides::{self, Override};
+use super::quotas::TopUpRefusal;
 use super::selection::{Selection, MAX_KEYS_PER_REQUEST};
 use super::state::AgentState;
 use crate::api::*;
@@ -51,6 +52,7 @@ pub fn router(state: Shared) -> Router {
         .route(KEYS_PATH, get(list))
         .route(INSPECT_PATH, get(inspect))
         .route(RESET_PATH, post(reset))
+        .route(QUOTA_PATH, post(top_up_quota))
         .route(RELOAD_PATH, post(reload))
         .route(
             OVERRIDES_PATH,
@@ -430,6 +432,82 @@ async fn reset(
             "reset keys"
         );
         Ok(Json(ResetResponse { reset, not_tracked }))
+    })
+    .await
+}
+
+async fn top_up_quota(
+    State(state): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    request: Result<Json<QuotaTopUpRequest>, JsonRejection>,
+) -> Result<Json<QuotaTopUpResponse>, AgentError> {
+    let Json(request) = request?;
+    let add = match u32::try_from(request.add) {
+        Ok(0) => {
+            return Err(AgentError::bad_request(
+                "nothing to add: a top-up is a positive number of requests",
+            ))
+        }
+        Ok(add) => add,
+        Err(_) => {
+            return Err(AgentError::bad_request(format!(
+                "{} requests is more than a quota window counts (at most {})",
+                request.add,
+                u32::MAX
+            )))
+        }
+    };
+    with_datapath(&state, move |datapath, _| {
+        let api = datapath.api();
+        let (hash, shown) = match parse_selector(&request.key, &api)? {
+            Selector::ApiKey(_, hash) => (hash, api.names(hash).0),
+            Selector::Fingerprint(start) => {
+                let (list, total) = datapath.api_keys_starting(&start, 2)?;
+                let hash = list.keys().find_map(limiter_common::charge::api_key_hash);
+                match (total, hash) {
+                    (1, Some(hash)) => (hash, api.names(hash).0),
+                    (0, _) | (_, None) => {
+                        return Err(AgentError::new(
+                            ErrorCode::NotTracked,
+                            format!("no tracked API key has a fingerprint starting with {start}"),
+                        ))
+                    }
+                    (n, _) => {
+                        return Err(AgentError::new(
+                            ErrorCode::AmbiguousKey,
+                            format!(
+                                "key:{start} selects {n} tracked API keys; a top-up is for one — \
+                                 give more of the fingerprint"
+                            ),
+                        ))
+                    }
+                }
+            }
+            Selector::Source(prefix) => {
+                return Err(AgentError::bad_request(format!(
+                    "{prefix} is an address: only API keys (key:NAME, key:FINGERPRINT) have quotas"
+                )))
+            }
+        };
+        let quota = datapath
+            .top_up_quota(hash, add)?
+            .map_err(|refusal| {
+                let code = match refusal {
+                    TopUpRefusal::Full => ErrorCode::Capacity,
+                    _ => ErrorCode::BadRequest,
+                };
+                AgentError::new(code, format!("{shown} {refusal}"))
+            })?;
+        tracing::info!(
+            key = %shown,
+            added = add,
+            added_this_window = quota.added,
+            limit = quota.limit,
+            uid = caller.uid,
+            pid = caller.pid,
+            "quota topped up"
+        );
+        Ok(Json(QuotaTopUpResponse { key: shown, quota }))
     })
     .await
 }

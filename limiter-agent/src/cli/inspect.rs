@@ -1,5 +1,5 @@
 use super::{parse_key, print_json, table, ApiArgs};
-use crate::api::{InspectQuery, KeyInfo, INSPECT_PATH};
+use crate::api::{InspectQuery, KeyInfo, QuotaInfo, INSPECT_PATH};
 use crate::exit::Failure;
 
 #[derive(Debug, clap::Args)]
@@ -60,24 +60,41 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
         ),
     ]);
     if let Some(quota) = &info.quota {
-        rows.extend([
-            ("quota", format!("{} a {} (UTC)", quota.limit, quota.period)),
-            (
-                "used",
-                format!("{} ({} remaining)", quota.used, quota.remaining),
-            ),
-            ("resets at", quota.resets_at.clone()),
-            (
-                "exhausts at",
-                quota
-                    .exhausts_at
-                    .clone()
-                    .unwrap_or_else(|| "not this window (at its rate so far)".to_owned()),
-            ),
-        ]);
+        rows.extend(quota_rows(quota));
     }
+    print_rows(&rows);
+    Ok(())
+}
+
+/// A key's quota as `inspect` and `quota` show it.
+pub fn quota_rows(quota: &QuotaInfo) -> Vec<(&'static str, String)> {
+    let limit = match quota.added {
+        0 => format!("{} a {} (UTC)", quota.limit, quota.period),
+        added => format!(
+            "{} a {} (UTC), {added} of it added this window",
+            quota.limit, quota.period
+        ),
+    };
+    vec![
+        ("quota", limit),
+        (
+            "used",
+            format!("{} ({} remaining)", quota.used, quota.remaining),
+        ),
+        ("resets at", quota.resets_at.clone()),
+        (
+            "exhausts at",
+            quota
+                .exhausts_at
+                .clone()
+                .unwrap_or_else(|| "not this window (at its rate so far)".to_owned()),
+        ),
+    ]
+}
+
+/// Prints `rows` as `inspect` does: a name column, then the value.
+pub fn print_rows(rows: &[(&str, String)]) {
     for (name, value) in rows {
         println!("{name:<13}{value}");
     }
-    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod keys;
 pub mod list;
 pub mod overrides;
+pub mod quota;
 pub mod reload;
 pub mod reset;
 mod status;
