@@ -232,9 +232,10 @@ pub struct QuotaTopUpRequest {
     pub add: u64,
 }
 
-/// Answer of `POST /v1/quota`: the key and its quota after the top-up.
+/// Answer of `GET /v1/quota?key=KEY` and `POST /v1/quota`: the key and its quota (after the
+/// top-up).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct QuotaTopUpResponse {
+pub struct QuotaResponse {
     pub key: String,
     pub quota: QuotaInfo,
 }

@@ -153,8 +153,16 @@ fn a_top_up_lets_a_used_up_key_through_for_the_rest_of_its_window() {
     for (args, code, says) in [
         (&["--add", "0"][..], 2, "positive number"),
         (&["--add", "-5"][..], 2, "positive number"),
-        (&["--add", "99999999999"][..], 2, "more than a quota window counts"),
-        (&["--add", "4294967295"][..], 2, "can take at most 4294967290 more"),
+        (
+            &["--add", "99999999999"][..],
+            2,
+            "more than a quota window counts",
+        ),
+        (
+            &["--add", "4294967295"][..],
+            2,
+            "can take at most 4294967290 more",
+        ),
         (&["--add", "lots"][..], 2, "invalid value"),
     ] {
         let mut full = vec!["quota", "key:meter"];
@@ -165,10 +173,14 @@ fn a_top_up_lets_a_used_up_key_through_for_the_rest_of_its_window() {
     }
     let out = agent.cli(&["quota", "key:free", "--add", "3"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("key:free has no quota"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("key:free has no quota"),
+        "{}",
+        out.stderr
+    );
     let out = agent.cli(&["quota", "198.18.0.10", "--add", "3"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    let quota = agent.json(&["quota", "key:meter"]);
+    let quota = agent.json(&["quota", "key:meter"])["quota"].clone();
     assert_eq!(
         (quota["limit"].as_u64(), quota["added"].as_u64()),
         (Some(5), Some(0)),
@@ -185,10 +197,18 @@ fn a_top_up_lets_a_used_up_key_through_for_the_rest_of_its_window() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("7 a minute (UTC), 2 of it added"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("7 a minute (UTC), 2 of it added"),
+        "{}",
+        out.stdout
+    );
     let statuses: Vec<u16> = (0..3).map(|_| status()).collect();
-    assert_eq!(statuses, [200, 200, 429], "the top-up's two, then used up again");
-    let quota = agent.json(&["quota", "key:meter"]);
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "the top-up's two, then used up again"
+    );
+    let quota = agent.json(&["quota", "key:meter"])["quota"].clone();
     assert_eq!(
         (
             quota["limit"].as_u64(),

@@ -3,7 +3,8 @@
 use super::api_keys::{fingerprint, Registered, Secret};
 use super::config::{longest_match, Config, Quota, ResolvedRule};
 use super::quotas::{
-    quota_clock_now, quota_info, top_up_is_over, topped_up, QuotaWords, TopUpRefusal,
+    quota_clock_now, quota_info, top_up_is_over, topped_up, window_is_over, QuotaWords, Restored,
+    TopUpRefusal,
 };
 use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, QuotaInfo, SortBy};
 use anyhow::{anyhow, Context};
@@ -20,8 +21,8 @@ use limiter_common::maps::{
     DatapathConfig, DropTally, PlanQuota, QuotaClock, ResetRequest, RuleEntry, ANSWERS_MAP,
     API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP,
     CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS,
-    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP, QUOTA_TOPUPS_MAP,
-    QUOTA_ANSWERS, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
+    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP,
+    QUOTA_ANSWERS, QUOTA_TOPUPS_MAP, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
 use limiter_common::quota;
 use std::collections::HashMap as StdHashMap;
@@ -692,6 +693,76 @@ impl Datapath {
         Ok(true)
     }
 
+    /// The quota of the API key whose token hashes to `hash` in the window now; none when its
+    /// plan (or `[http]`) has none. (Whether or not its bucket is tracked.)
+    pub fn quota_of(&self, hash: u64) -> Option<QuotaInfo> {
+        let quota = self.api.of(hash).and_then(|(shown, _, _)| shown.quota)?;
+        let words = self
+            .quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .words(hash);
+        Some(quota_info(&quota, words, SystemTime::now()))
+    }
+
+    /// Every API key's quota words the datapath holds (counts and top-ups), by token hash.
+    pub fn quota_words(&self) -> anyhow::Result<StdHashMap<u64, QuotaWords>> {
+        let maps = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut words: StdHashMap<u64, QuotaWords> = StdHashMap::new();
+        for entry in maps.counts.iter() {
+            // An entry evicted between two steps of the walk ends it early at worst.
+            let Ok((hash, usage)) = entry else { break };
+            words.entry(hash).or_default().usage = usage;
+        }
+        for entry in maps.top_ups.iter() {
+            let Ok((hash, top_up)) = entry else { break };
+            words.entry(hash).or_default().top_up = top_up;
+        }
+        Ok(words)
+    }
+
+    /// Brings back quota words saved before (`quota_checkpoint`), each where the datapath holds
+    /// less for that key — an earlier window, or fewer requests in the same one; what it holds
+    /// already counts at least as much (the maps outlived the agent) and is left alone. Only
+    /// words of windows not over yet are taken, for keys that have a quota now.
+    pub fn restore_quota_words(
+        &self,
+        saved: &StdHashMap<u64, QuotaWords>,
+    ) -> anyhow::Result<Restored> {
+        let now = SystemTime::now();
+        let mut maps = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut restored = Restored::default();
+        for (&hash, words) in saved {
+            let quota = self.api.of(hash).and_then(|(shown, _, _)| shown.quota);
+            let Some(quota) = quota else {
+                restored.skipped += 1;
+                continue;
+            };
+            let current = maps.words(hash);
+            let usage_counts =
+                !window_is_over(&quota, quota::Usage::from_word(words.usage).tag, now);
+            if usage_counts && words.usage > current.usage {
+                // A plain write: this runs before the program is attached, or over maps that
+                // hold more already (see above).
+                maps.counts
+                    .insert(hash, words.usage, 0)
+                    .context("writing the QUOTAS map")?;
+                restored.counts += 1;
+            } else if !usage_counts {
+                restored.skipped += 1;
+            }
+            let top_up_counts =
+                !window_is_over(&quota, quota::TopUp::from_word(words.top_up).tag, now);
+            if top_up_counts && words.top_up > current.top_up {
+                maps.top_ups
+                    .insert(hash, words.top_up, 0)
+                    .context("writing the QUOTA_TOPUPS map")?;
+                restored.top_ups += 1;
+            }
+        }
+        Ok(restored)
+    }
+
     /// Adds `add` requests to the quota of the API key whose token hashes to `hash`, for the
     /// window now; the key's quota after it. Top-ups of windows that ended are removed first,
     /// so the map holds only those that still count.
@@ -726,7 +797,9 @@ impl Datapath {
         }
         match maps.top_ups.insert(hash, word, 0) {
             Ok(()) => {}
-            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
                 return Ok(Err(TopUpRefusal::Full));
             }
             Err(err) => return Err(err).context("writing the QUOTA_TOPUPS map"),

@@ -16,6 +16,7 @@ mod link_watch;
 mod metrics;
 mod overrides;
 mod private_file;
+mod quota_checkpoint;
 mod quotas;
 mod selection;
 mod serve;
@@ -136,6 +137,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     datapath.set_api_keys(secret, api_keys.list().to_vec())?;
     datapath.apply(&config)?;
     datapath.set_overrides(state::resolved_overrides(&overrides, &config))?;
+    // Quota counts the kernel lost (a reboot) come back before the program runs again.
+    let checkpoint = match quota_checkpoint::Checkpoint::open(&args.state_dir) {
+        Ok((checkpoint, saved)) => {
+            if let Err(err) = quota_checkpoint::restore(&datapath, &saved) {
+                warn!("bringing back the quota checkpoint: {err:#}");
+            }
+            Some(Arc::new(std::sync::Mutex::new(checkpoint)))
+        }
+        Err(err) => {
+            warn!("quota counts will not be kept across a reboot: {err:#}");
+            None
+        }
+    };
 
     // One instance of the program per interface, sharing the pinned maps, each counting into
     // its own slot of COUNTERS.
@@ -191,6 +205,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(reload_on_sighup(Arc::clone(&state)));
     tokio::spawn(expiry::expire_overrides(Arc::clone(&state)));
+    if let Some(checkpoint) = &checkpoint {
+        quota_checkpoint::spawn(Arc::clone(checkpoint), Arc::clone(&state));
+    }
     metrics::spawn(metrics_listener, Arc::clone(&state));
     events.spawn(Arc::clone(&state));
     turnover::spawn(&args.pin_path, state.watch_config())?;
@@ -199,7 +216,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // (tests rely on it).
     let listener = bind_api_socket(&args.api_socket)?;
     info!(socket = %args.api_socket.display(), "serving the API");
-    let app = server::router(state);
+    let app = server::router(Arc::clone(&state));
     // The program instances stay loaded while the agent runs (the pinned links keep them
     // attached after it exits).
     let _attachments = attachments;
@@ -212,6 +229,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     )
     .await;
     let _ = remove_socket(&args.api_socket);
+    if let Some(checkpoint) = checkpoint {
+        // The last second's counts too, when stopped in order.
+        let state = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut checkpoint = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+            checkpoint.write_from(&state.datapath());
+        })
+        .await;
+    }
     info!(pin_path = %args.pin_path.display(), "exiting; the program stays attached and its state pinned");
     Ok(())
 }

@@ -95,10 +95,7 @@ pub fn topped_up(
     add: u32,
     now: SystemTime,
 ) -> Result<u64, TopUpRefusal> {
-    let tag = quota::charged_window(
-        words.usage,
-        quota::window(quota.period, unix_secs(now)).tag,
-    );
+    let tag = quota::charged_window(words.usage, quota::window(quota.period, unix_secs(now)).tag);
     let before = quota::TopUp::from_word(words.top_up);
     let before = if before.tag == tag { before.added } else { 0 };
     let room = u32::MAX - quota.limit - before.min(u32::MAX - quota.limit);
@@ -116,9 +113,24 @@ pub fn topped_up(
 
 /// Whether a top-up word is of a window that ended by `now` (or of a key without a quota now).
 pub fn top_up_is_over(quota: Option<&Quota>, top_up: u64, now: SystemTime) -> bool {
-    quota.is_none_or(|quota| {
-        quota::TopUp::from_word(top_up).tag < quota::window(quota.period, unix_secs(now)).tag
-    })
+    quota.is_none_or(|quota| window_is_over(quota, quota::TopUp::from_word(top_up).tag, now))
+}
+
+/// Whether the window of tag `tag` of `quota`'s period ended by `now`.
+pub fn window_is_over(quota: &Quota, tag: u32, now: SystemTime) -> bool {
+    tag < quota::window(quota.period, unix_secs(now)).tag
+}
+
+/// What [`Datapath::restore_quota_words`](super::datapath::Datapath::restore_quota_words)
+/// brought back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Keys whose count was brought back.
+    pub counts: usize,
+    /// Keys whose top-up was brought back.
+    pub top_ups: usize,
+    /// Keys left out: their window is over, or they have no quota now.
+    pub skipped: usize,
 }
 
 fn unix_secs(now: SystemTime) -> u64 {
@@ -201,22 +213,48 @@ mod tests {
         let quota = day(1000);
         let used_up = words(NOON, 1000);
         let word = topped_up(&quota, used_up, 500, at(NOON)).unwrap();
-        let info = quota_info(&quota, QuotaWords { top_up: word, ..used_up }, at(NOON));
-        assert_eq!((info.limit, info.used, info.remaining, info.added), (1500, 1000, 500, 500));
+        let info = quota_info(
+            &quota,
+            QuotaWords {
+                top_up: word,
+                ..used_up
+            },
+            at(NOON),
+        );
+        assert_eq!(
+            (info.limit, info.used, info.remaining, info.added),
+            (1500, 1000, 500, 500)
+        );
         // A second top-up the same day adds to the first.
-        let more = QuotaWords { top_up: word, ..used_up };
+        let more = QuotaWords {
+            top_up: word,
+            ..used_up
+        };
         let word = topped_up(&quota, more, 250, at(NOON)).unwrap();
         assert_eq!(quota::TopUp::from_word(word).added, 750);
         // Tomorrow: the plan's quota alone, and yesterday's top-up is over.
         let tomorrow = at(NOON + 86_400);
-        let info = quota_info(&quota, QuotaWords { top_up: word, ..used_up }, tomorrow);
+        let info = quota_info(
+            &quota,
+            QuotaWords {
+                top_up: word,
+                ..used_up
+            },
+            tomorrow,
+        );
         assert_eq!((info.limit, info.used, info.added), (1000, 0, 0));
         assert!(top_up_is_over(Some(&quota), word, tomorrow));
         assert!(!top_up_is_over(Some(&quota), word, at(NOON)));
-        assert!(top_up_is_over(None, word, at(NOON)), "a key whose plan lost its quota");
+        assert!(
+            top_up_is_over(None, word, at(NOON)),
+            "a key whose plan lost its quota"
+        );
         // A window's count is 32 bits: what would overflow it is refused, saying how much fits.
         let room = u64::from(u32::MAX - 1000 - 750);
-        let full = QuotaWords { top_up: word, ..used_up };
+        let full = QuotaWords {
+            top_up: word,
+            ..used_up
+        };
         assert_eq!(
             topped_up(&quota, full, u32::MAX, at(NOON)),
             Err(TopUpRefusal::TooMuch { room })

@@ -52,7 +52,7 @@ pub fn router(state: Shared) -> Router {
         .route(KEYS_PATH, get(list))
         .route(INSPECT_PATH, get(inspect))
         .route(RESET_PATH, post(reset))
-        .route(QUOTA_PATH, post(top_up_quota))
+        .route(QUOTA_PATH, get(quota).post(top_up_quota))
         .route(RELOAD_PATH, post(reload))
         .route(
             OVERRIDES_PATH,
@@ -436,11 +436,55 @@ async fn reset(
     .await
 }
 
+/// The API key a quota call is about: its token hash and its name as shown.
+fn quota_key(text: &str, datapath: &Datapath) -> Result<(u64, String), AgentError> {
+    let api = datapath.api();
+    match parse_selector(text, &api)? {
+        Selector::ApiKey(_, hash) => Ok((hash, api.names(hash).0)),
+        Selector::Fingerprint(start) => {
+            let (list, total) = datapath.api_keys_starting(&start, 2)?;
+            let hash = list.keys().find_map(limiter_common::charge::api_key_hash);
+            match (total, hash) {
+                (1, Some(hash)) => Ok((hash, api.names(hash).0)),
+                (0, _) | (_, None) => Err(AgentError::new(
+                    ErrorCode::NotTracked,
+                    format!("no tracked API key has a fingerprint starting with {start}"),
+                )),
+                (n, _) => Err(AgentError::new(
+                    ErrorCode::AmbiguousKey,
+                    format!(
+                        "key:{start} selects {n} tracked API keys; a quota call is about one — \
+                         give more of the fingerprint"
+                    ),
+                )),
+            }
+        }
+        Selector::Source(prefix) => Err(AgentError::bad_request(format!(
+            "{prefix} is an address: only API keys (key:NAME, key:FINGERPRINT) have quotas"
+        ))),
+    }
+}
+
+async fn quota(
+    State(state): State<Shared>,
+    query: Result<Query<InspectQuery>, QueryRejection>,
+) -> Result<Json<QuotaResponse>, AgentError> {
+    let Query(query) = query?;
+    with_datapath(&state, move |datapath, _| {
+        let (hash, shown) = quota_key(&query.key, datapath)?;
+        let quota = datapath
+            .quota_of(hash)
+            .ok_or_else(|| AgentError::bad_request(format!("{shown} {}", TopUpRefusal::NoQuota)))?;
+        Ok(Json(QuotaResponse { key: shown, quota }))
+    })
+    .await
+}
+
 async fn top_up_quota(
     State(state): State<Shared>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     request: Result<Json<QuotaTopUpRequest>, JsonRejection>,
-) -> Result<Json<QuotaTopUpResponse>, AgentError> {
+) -> Result<Json<QuotaResponse>, AgentError> {
     let Json(request) = request?;
     let add = match u32::try_from(request.add) {
         Ok(0) => {
@@ -458,46 +502,14 @@ async fn top_up_quota(
         }
     };
     with_datapath(&state, move |datapath, _| {
-        let api = datapath.api();
-        let (hash, shown) = match parse_selector(&request.key, &api)? {
-            Selector::ApiKey(_, hash) => (hash, api.names(hash).0),
-            Selector::Fingerprint(start) => {
-                let (list, total) = datapath.api_keys_starting(&start, 2)?;
-                let hash = list.keys().find_map(limiter_common::charge::api_key_hash);
-                match (total, hash) {
-                    (1, Some(hash)) => (hash, api.names(hash).0),
-                    (0, _) | (_, None) => {
-                        return Err(AgentError::new(
-                            ErrorCode::NotTracked,
-                            format!("no tracked API key has a fingerprint starting with {start}"),
-                        ))
-                    }
-                    (n, _) => {
-                        return Err(AgentError::new(
-                            ErrorCode::AmbiguousKey,
-                            format!(
-                                "key:{start} selects {n} tracked API keys; a top-up is for one — \
-                                 give more of the fingerprint"
-                            ),
-                        ))
-                    }
-                }
-            }
-            Selector::Source(prefix) => {
-                return Err(AgentError::bad_request(format!(
-                    "{prefix} is an address: only API keys (key:NAME, key:FINGERPRINT) have quotas"
-                )))
-            }
-        };
-        let quota = datapath
-            .top_up_quota(hash, add)?
-            .map_err(|refusal| {
-                let code = match refusal {
-                    TopUpRefusal::Full => ErrorCode::Capacity,
-                    _ => ErrorCode::BadRequest,
-                };
-                AgentError::new(code, format!("{shown} {refusal}"))
-            })?;
+        let (hash, shown) = quota_key(&request.key, datapath)?;
+        let quota = datapath.top_up_quota(hash, add)?.map_err(|refusal| {
+            let code = match refusal {
+                TopUpRefusal::Full => ErrorCode::Capacity,
+                _ => ErrorCode::BadRequest,
+            };
+            AgentError::new(code, format!("{shown} {refusal}"))
+        })?;
         tracing::info!(
             key = %shown,
             added = add,
@@ -507,7 +519,7 @@ async fn top_up_quota(
             pid = caller.pid,
             "quota topped up"
         );
-        Ok(Json(QuotaTopUpResponse { key: shown, quota }))
+        Ok(Json(QuotaResponse { key: shown, quota }))
     })
     .await
 }

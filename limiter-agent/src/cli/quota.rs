@@ -2,14 +2,14 @@
 
 use super::inspect::{print_rows, quota_rows};
 use super::{parse_key, print_json, ApiArgs};
-use crate::api::{
-    InspectQuery, KeyInfo, QuotaTopUpRequest, QuotaTopUpResponse, INSPECT_PATH, QUOTA_PATH,
-};
+use crate::api::{InspectQuery, QuotaResponse, QuotaTopUpRequest, QUOTA_PATH};
 use crate::exit::Failure;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  limiter quota key:acme             show its quota this window\n  \
-limiter quota key:acme --add 5000  5000 more requests until the window ends")]
+#[command(
+    after_help = "Examples:\n  limiter quota key:acme             show its quota this window\n  \
+limiter quota key:acme --add 5000  5000 more requests until the window ends"
+)]
 pub struct QuotaArgs {
     #[command(flatten)]
     pub api: ApiArgs,
@@ -40,25 +40,22 @@ pub async fn run(args: QuotaArgs) -> Result<(), Failure> {
                 key,
                 add: add as u64,
             };
-            let answer: QuotaTopUpResponse = client.post(QUOTA_PATH, &request).await?;
+            let answer: QuotaResponse = client.post(QUOTA_PATH, &request).await?;
             if args.api.json {
                 return print_json(&answer);
             }
-            println!("added {add} requests to {}'s quota for this window", answer.key);
+            println!(
+                "added {add} requests to {}'s quota for this window",
+                answer.key
+            );
             (answer.key, answer.quota)
         }
         None => {
-            let info: KeyInfo = client.get(INSPECT_PATH, &InspectQuery { key }).await?;
-            let Some(quota) = info.quota else {
-                return Err(Failure::Usage(format!(
-                    "{} has no quota (its plan, or [http], sets none)",
-                    info.key
-                )));
-            };
+            let answer: QuotaResponse = client.get(QUOTA_PATH, &InspectQuery { key }).await?;
             if args.api.json {
-                return print_json(&quota);
+                return print_json(&answer);
             }
-            (info.key, quota)
+            (answer.key, answer.quota)
         }
     };
     let mut rows = vec![("key", key)];
