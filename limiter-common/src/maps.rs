@@ -135,14 +135,16 @@ pub const PERIOD_HOUR: u32 = 2;
 pub const PERIOD_DAY: u32 = 3;
 pub const PERIOD_MONTH: u32 = 4;
 
-/// What the datapath needs to tell a quota's window from its clock (`bpf_ktime_get_tai_ns`),
-/// written by the agent: UTC is TAI less `tai_offset_ns` (the leap seconds so far, 37 s since
-/// 2017), and the month windows' bounds, which the calendar decides: the current month's end
-/// (`month_tag`'s) and the next one's, in UTC seconds.
+/// What the datapath needs to tell a quota's window from the clock it reads anyway
+/// (CLOCK_MONOTONIC, `bpf_ktime_get_ns`), written by the agent: UTC is that clock plus
+/// `utc_offset_ns` (CLOCK_REALTIME less CLOCK_MONOTONIC: it moves only when the wall clock is
+/// stepped — NTP at boot, `date -s`, a leap second — and the agent keeps it current), and the
+/// month windows' bounds, which the calendar decides: the current month's end (`month_tag`'s)
+/// and the next one's, in UTC seconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaClock {
-    pub tai_offset_ns: u64,
+    pub utc_offset_ns: u64,
     pub month_end: u64,
     pub next_month_end: u64,
     pub month_tag: u32,
@@ -219,6 +221,9 @@ pub struct HttpConfig {
     pub flags: u32,
     /// The quota windows' clock.
     pub quota_clock: QuotaClock,
+    /// Bit `p`: plan slot `p` (0: `[http]`'s) has a quota. A key of a plan without one skips
+    /// the quota check (its call and lookup) altogether.
+    pub quota_plans: u64,
 }
 
 /// `HttpConfig::flags`: a 429 keeps the client's connection open (`[http] keep_alive`); the
@@ -241,12 +246,13 @@ impl HttpConfig {
         port_count: 0,
         flags: 0,
         quota_clock: QuotaClock {
-            tai_offset_ns: 0,
+            utc_offset_ns: 0,
             month_end: 0,
             next_month_end: 0,
             month_tag: 0,
             _pad: 0,
         },
+        quota_plans: 0,
     };
 
     /// Whether requests to `port` are scanned for keys.
@@ -490,7 +496,7 @@ pub struct DatapathConfig {
 /// The layout of the pinned maps, written into `DatapathConfig::valid`: a build whose maps'
 /// keys, values or meaning differ from this one's bumps it, and an agent refuses to adopt pins
 /// of another layout, naming it.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Declares [`Counter`] from one table: each counter's slot, its name (a field of `status --json`,
 /// and of the metrics where it is exported), a label and a note for a person (`limiter status`).
@@ -686,7 +692,13 @@ mod tests {
         );
         assert_eq!(
             size_of::<HttpConfig>(),
-            size_of::<KeyHeaders>() + 16 + 16 + 2 * MAX_HTTP_PORTS + 8 + size_of::<QuotaClock>()
+            size_of::<KeyHeaders>()
+                + 16
+                + 16
+                + 2 * MAX_HTTP_PORTS
+                + 8
+                + size_of::<QuotaClock>()
+                + 8
         );
         assert_eq!(size_of::<QuotaClock>(), 4 * 8);
         assert_eq!(size_of::<PlanQuota>(), 8);

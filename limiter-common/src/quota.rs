@@ -111,22 +111,30 @@ pub const fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// The window of a plan's period (`maps::PERIOD_*`) at `utc_secs`, as the datapath finds it:
-/// its tag and its end. Minutes, hours and days by division (they roll over by themselves,
-/// whether or not an agent runs); months from the bounds the agent wrote in `clock` (a month
-/// the agent has not written — it was stopped for more than a month — is taken to end a day
-/// after the last bound it knows, and so on, until it writes them again).
+/// its tag and its end (see [`window_of_ns`]).
 #[inline(always)]
 pub fn window_of(period: u32, utc_secs: u64, clock: &crate::maps::QuotaClock) -> (u32, u64) {
+    window_of_ns(period, utc_secs * NANOS_PER_SEC, clock)
+}
+
+/// The window of a plan's period (`maps::PERIOD_*`) at `utc_ns` (UTC, ns since 1970): its tag
+/// and its end (UTC seconds). Minutes, hours and days by one division (they roll over by
+/// themselves, whether or not an agent runs); months from the bounds the agent wrote in `clock`
+/// (a month the agent has not written — it was stopped for more than a month — is taken to end
+/// a day after the last bound it knows, and so on, until it writes them again).
+#[inline(always)]
+pub fn window_of_ns(period: u32, utc_ns: u64, clock: &crate::maps::QuotaClock) -> (u32, u64) {
     use crate::maps::{PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE};
-    let fixed: u64 = match period {
+    let fixed_secs: u64 = match period {
         PERIOD_MINUTE => 60,
         PERIOD_HOUR => 3600,
         PERIOD_DAY => SECS_PER_DAY,
         _ => 0,
     };
-    if let Some(index) = utc_secs.checked_div(fixed) {
-        return (index as u32, (index + 1) * fixed);
+    if let Some(index) = utc_ns.checked_div(fixed_secs * NANOS_PER_SEC) {
+        return (index as u32, (index + 1) * fixed_secs);
     }
+    let utc_secs = utc_ns / NANOS_PER_SEC;
     if utc_secs < clock.month_end {
         (clock.month_tag, clock.month_end)
     } else if utc_secs < clock.next_month_end {
@@ -140,18 +148,26 @@ pub fn window_of(period: u32, utc_secs: u64, clock: &crate::maps::QuotaClock) ->
     }
 }
 
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
 /// The bounds the datapath needs for month windows at `utc_secs` (see [`window_of`]).
-pub fn month_clock(utc_secs: u64, tai_offset_ns: u64) -> crate::maps::QuotaClock {
+pub fn month_clock(utc_secs: u64, utc_offset_ns: u64) -> crate::maps::QuotaClock {
     let month = window(Period::Month, utc_secs);
     let next = window(Period::Month, month.end);
     crate::maps::QuotaClock {
-        tai_offset_ns,
+        utc_offset_ns,
         month_end: month.end,
         next_month_end: next.end,
         month_tag: month.tag,
         _pad: 0,
     }
 }
+
+/// What the datapath's quota check answers, as one word (a BPF-to-BPF call returns one
+/// register): 0 — the key has no quota (or the map could not track it); [`TAKEN`] with the tag
+/// of the window the request was counted in — within the quota, counted; anything else — over
+/// the quota, the whole seconds until the window ends (at least 1, less than 2^32).
+pub const TAKEN: u64 = 1 << 63;
 
 /// A key's count in its quota window, as one word: the window's tag in the high half, the
 /// requests used in it in the low half (so a quota is at most `u32::MAX` requests a window).

@@ -44,3 +44,31 @@ pub fn tick_ns() -> u64 {
     }
     res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64
 }
+
+/// CLOCK_REALTIME less CLOCK_MONOTONIC now, ns: what turns the datapath's clock into UTC for
+/// quota windows (`QuotaClock::utc_offset_ns`). Read as the closest of a few tries (the two
+/// clocks are read one after the other), so it is good to a microsecond or so.
+pub fn utc_offset_ns() -> u64 {
+    let read = |clock| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to write.
+        unsafe { libc::clock_gettime(clock, &mut now) };
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    };
+    (0..3)
+        .map(|_| {
+            let before = read(libc::CLOCK_MONOTONIC);
+            let real = read(libc::CLOCK_REALTIME);
+            let after = read(libc::CLOCK_MONOTONIC);
+            // The realtime read's moment on the monotonic clock is between the two.
+            (
+                after - before,
+                real.wrapping_sub(before + (after - before) / 2),
+            )
+        })
+        .min_by_key(|(spread, _)| *spread)
+        .map_or(0, |(_, offset)| offset)
+}

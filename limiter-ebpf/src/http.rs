@@ -38,6 +38,7 @@ use limiter_common::{
         Counter, DatapathConfig, FlowKey, FlowState, FAMILY_IPV4, FAMILY_IPV6, FLOW_ANSWERED,
         FLOW_PASSED, FLOW_RESET, HTTP_KEEP_ALIVE, QUOTA_ANSWERS,
     },
+    quota::TAKEN,
 };
 
 use crate::charging::{charge_key_at, count, Decision};
@@ -71,6 +72,10 @@ pub struct Scratch {
     /// here: the stack is too small).
     flow: FlowKey,
     decided: FlowState,
+    /// The quota check's answer while the key's rate is charged (`quota::give_back` needs it
+    /// after): kept here, not in a register, so that the verifier walks the charge once for
+    /// every answer rather than once for each.
+    quota_taken: u64,
     frame: [u8; HEADERS_BYTES],
 }
 
@@ -482,32 +487,30 @@ fn request(
         answer_end: before.answer_end,
         _pad: 0,
     };
-    // The key's quota (its plan's): used up, the request is refused before its rate is charged;
-    // within, it takes its place once its rate passed it.
-    let quota_retry = |take_one: u64| quota::check(hash, plan, &config.http.quota_clock, take_one);
+    // The key's quota (its plan's): within it, the request takes its place at once and gives
+    // it back if its rate refuses it; used up, the request is refused before its rate is
+    // charged.
+    let quota = quota::take(hash, plan, &config.http, now);
+    scratch.quota_taken = quota;
     // Which 429 answers: the plan's for its rate, or for its quota.
     let mut answer_slot = plan;
-    let mut retry_s = quota_retry(0);
-    if retry_s == 0 {
-        retry_s = match charge_key_at(ctx, config, &key, &limit, now, dry_run) {
+    let retry_s = if quota != 0 && quota & TAKEN == 0 {
+        count(Counter::OverQuota);
+        answer_slot = plan + QUOTA_ANSWERS;
+        quota
+    } else {
+        let retry_s = match charge_key_at(ctx, config, &key, &limit, now, dry_run) {
             Decision::Pass | Decision::Untracked => {
-                let over_quota = quota_retry(1);
-                if over_quota == 0 {
-                    scratch.decided = decided(FLOW_PASSED, 0);
-                    remember(scratch, known);
-                    return None;
-                }
-                count(Counter::OverQuota);
-                answer_slot = plan + QUOTA_ANSWERS;
-                over_quota
+                scratch.decided = decided(FLOW_PASSED, 0);
+                remember(scratch, known);
+                return None;
             }
             Decision::Over(tat) => retry_seconds(tat, now, &limit),
             Decision::Refused => 1,
         };
-    } else {
-        count(Counter::OverQuota);
-        answer_slot = plan + QUOTA_ANSWERS;
-    }
+        quota::give_back(hash, scratch.quota_taken);
+        retry_s
+    };
     if dry_run {
         count(Counter::WouldDrop);
         return Some(xdp_action::XDP_PASS);

@@ -1,16 +1,14 @@
 //! Quotas of API keys: so many requests per calendar window (`limiter_common::quota`), counted
 //! per key in `QUOTAS` with a compare-and-swap on one word (the window's tag and the requests
-//! used in it). The request path asks twice: before charging the key's rate (a key whose quota
-//! is used up is refused without spending its rate), and after the rate passed it (the request
-//! takes its place in the quota, or is refused when the window filled meanwhile). A key whose
-//! count reached its quota may have been topped up for the window (`QUOTA_TOPUPS`, written by
-//! the agent).
+//! used in it). The request path asks once, before charging the key's rate: a request within
+//! the quota takes its place in it at once (a key whose quota is used up is refused without
+//! spending its rate), and gives it back if its rate then refuses it. A key whose count reached
+//! its quota may have been topped up for the window (`QUOTA_TOPUPS`, written by the agent).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_tai_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use limiter_common::{
-    bucket::NANOS_PER_SEC,
-    maps::{QuotaClock, PERIOD_NONE},
-    quota::{limit_with_top_up, take, window_of, Take},
+    maps::{HttpConfig, PERIOD_NONE},
+    quota::{limit_with_top_up, take as take_from, window_of_ns, Take, Usage, TAKEN},
 };
 
 use crate::maps::{PLAN_QUOTAS, QUOTAS, QUOTA_TOPUPS};
@@ -20,25 +18,29 @@ use crate::shared::Word;
 /// the key passed on other CPUs meanwhile: the request is refused as over its quota.
 const ATTEMPTS: u32 = 8;
 
-/// Whole seconds from now to the end of the key's window when the quota of its plan (slot
-/// `plan`) is used up (≥ 1); 0 when it has room, or its plan no quota. With `take_one` (1), a
-/// request within the quota takes its place in it.
+/// Takes the request's place in the quota of its key (token hash `hash`, plan slot `plan`) at
+/// `now` (CLOCK_MONOTONIC):
+/// the answer is a `quota::TAKEN` word — 0 (no quota), taken (with the window's tag, for
+/// [`give_back`]), or over (the seconds to the window's end).
 ///
-/// Out of line: one compare-and-swap loop for the request path's two questions. (Its
+/// Out of line: the verifier walks its compare-and-swap loop once per call site. (Its
 /// arguments are values the request path has from the start: with the plan's quota and period
 /// as arguments LLVM spilled one of them, undefined, on a path before they exist, which the
 /// verifier refuses.)
 #[inline(never)]
-pub fn check(hash: u64, plan: u32, clock: &QuotaClock, take_one: u64) -> u64 {
+pub fn take(hash: u64, plan: u32, http: &HttpConfig, now: u64) -> u64 {
+    // A plan without a quota is told by a bit of the configuration at hand, without a lookup.
+    if (http.quota_plans >> (plan & 63)) & 1 == 0 {
+        return 0;
+    }
+    let clock = &http.quota_clock;
     let (quota, period) = match PLAN_QUOTAS.get(plan) {
         Some(q) if q.quota != 0 && q.period != PERIOD_NONE => (q.quota, q.period),
         _ => return 0,
     };
-    // SAFETY: a helper without arguments.
-    let tai = unsafe { bpf_ktime_get_tai_ns() };
-    let utc_secs = tai.saturating_sub(clock.tai_offset_ns) / NANOS_PER_SEC;
-    let (tag, end) = window_of(period, utc_secs, clock);
-    let retry = end.saturating_sub(utc_secs).max(1);
+    // UTC from the request path's CLOCK_MONOTONIC reading: no clock read of its own.
+    let utc_ns = now.wrapping_add(clock.utc_offset_ns);
+    let (tag, end) = window_of_ns(period, utc_ns, clock);
     // One stack slot for the key of every lookup (the program's stack is near its 512 bytes).
     let key = hash;
     let Some(word) = usage_word(&key) else {
@@ -50,25 +52,46 @@ pub fn check(hash: u64, plan: u32, clock: &QuotaClock, take_one: u64) -> u64 {
     // the feature. (Looked for once, before the loop: a retry inside it multiplies the
     // verifier's states past its limit. So a key filled to its quota by other CPUs during this
     // loop is refused once though topped up — never the other way round.)
-    let limit = match take(current, tag, quota) {
+    let limit = match take_from(current, tag, quota) {
         Take::Over => limit_with_top_up(quota, top_up(&key), current, tag),
         Take::Within(_) => quota,
     };
     for _ in 0..ATTEMPTS {
-        let next = match take(current, tag, limit) {
-            Take::Over => return retry,
+        let next = match take_from(current, tag, limit) {
+            Take::Over => break,
             Take::Within(next) => next,
         };
-        if take_one == 0 {
-            return 0;
-        }
         let (seen, swapped) = word.compare_exchange(current, next);
         if swapped {
-            return 0;
+            return TAKEN | u64::from(Usage::from_word(next).tag);
         }
         current = seen;
     }
-    retry
+    // Whole seconds to the window's end, at least 1 (`end` is in seconds: the ns are rounded
+    // down, so the retry is never early by more than the second it is in).
+    end.saturating_sub(utc_ns / 1_000_000_000).max(1)
+}
+
+/// Gives back the place [`take`] took (`taken`, its answer; nothing when it took none) in the
+/// key's quota: the key's rate refused the request. One attempt: should another CPU change the
+/// word at that instant, the place stays taken — a request too many counted, never one too few.
+#[inline(never)]
+pub fn give_back(hash: u64, taken: u64) {
+    if taken & TAKEN == 0 {
+        return;
+    }
+    let tag = taken & !TAKEN;
+    let key = hash;
+    let Some(ptr) = QUOTAS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a lookup in QUOTAS of this run; an 8-byte aligned u64 value.
+    let word = unsafe { Word::new(ptr) };
+    let current = word.load();
+    let usage = Usage::from_word(current);
+    if u64::from(usage.tag) == tag && usage.used > 0 {
+        let _ = word.compare_exchange(current, current - 1);
+    }
 }
 
 /// The key's top-up word (`quota::TopUp`; 0 when it has none).

@@ -145,6 +145,16 @@ http {{
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
+    /// The statuses in the access log once it has at least `n` (nginx writes a request's line
+    /// after its response: the last one may take a moment), or after 3 s.
+    pub fn logged_statuses_once(&self, n: usize) -> Vec<u16> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.logged_statuses().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.logged_statuses()
+    }
+
     /// The statuses of the requests in the access log, in order.
     pub fn logged_statuses(&self) -> Vec<u16> {
         // `… "GET /ok.json HTTP/1.1" 200 12 "-" "-"`: the status follows the quoted request.

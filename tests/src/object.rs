@@ -15,7 +15,8 @@ use limiter_common::maps::{
     DropTally, HttpConfig, PlanQuota, RuleEntry, ACTION_DENY, ANSWERS_MAP, BUCKETS_MAP,
     CONFIG_HAS_RULES_V4, CONFIG_HAS_RULES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
     DROP_TALLIES_MAP, LIMITER_PROG, MAX_HTTP_PORTS, PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE,
-    PLAN_QUOTAS_MAP, QUOTA_ANSWERS, QUOTA_TOPUPS_MAP, RULES_V4_MAP, RULES_V6_MAP, TICK_GLOBAL,
+    PLAN_QUOTAS_MAP, QUOTAS_MAP, QUOTA_ANSWERS, QUOTA_TOPUPS_MAP, RULES_V4_MAP, RULES_V6_MAP,
+    TICK_GLOBAL,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -209,9 +210,10 @@ impl XdpObject {
     }
 
     /// Gives plan slot `plan` (0: `[http]`'s) a quota of `quota` requests per `period`
-    /// (`PERIOD_*`), and the program the quota clock as the agent writes it: UTC as CLOCK_TAI
-    /// less `tai_offset_ns` (see [`tai_offset_ns`]), the month bounds of that moment.
-    pub fn set_quota(&mut self, plan: u32, quota: u32, period: u32, tai_offset_ns: u64) {
+    /// (`PERIOD_*`), and the program the quota clock as the agent writes it: UTC as
+    /// CLOCK_MONOTONIC plus `utc_offset_ns` (see [`utc_offset_ns`]), the month bounds of that
+    /// moment.
+    pub fn set_quota(&mut self, plan: u32, quota: u32, period: u32, utc_offset_ns: u64) {
         let mut quotas: Array<_, PlanQuota> =
             Array::try_from(self.ebpf.map_mut(PLAN_QUOTAS_MAP).expect("PLAN_QUOTAS")).unwrap();
         quotas
@@ -232,12 +234,25 @@ impl XdpObject {
                 0,
             )
             .expect("writing ANSWERS");
-        let utc_secs = (read_clock(libc::CLOCK_TAI) - tai_offset_ns) / 1_000_000_000;
+        let utc_secs = (read_clock(libc::CLOCK_MONOTONIC) + utc_offset_ns) / 1_000_000_000;
         let mut config: Array<_, DatapathConfig> =
             Array::try_from(self.ebpf.map_mut(CONFIG_MAP).expect("CONFIG")).unwrap();
         let mut value = config.get(&0, 0).expect("reading CONFIG");
-        value.http.quota_clock = limiter_common::quota::month_clock(utc_secs, tai_offset_ns);
+        value.http.quota_clock = limiter_common::quota::month_clock(utc_secs, utc_offset_ns);
+        if quota == 0 {
+            value.http.quota_plans &= !(1 << plan);
+        } else {
+            value.http.quota_plans |= 1 << plan;
+        }
         config.set(0, value, 0).expect("writing CONFIG");
+    }
+
+    /// The quota count of the API key of token hash `hash` (none before its first request).
+    pub fn quota_usage(&self, hash: u64) -> Option<limiter_common::quota::Usage> {
+        let counts: HashMap<_, u64, u64> =
+            HashMap::try_from(self.ebpf.map(QUOTAS_MAP).expect("QUOTAS")).unwrap();
+        let word = counts.get(&hash, 0).ok()?;
+        Some(limiter_common::quota::Usage::from_word(word))
     }
 
     /// Tops up the quota of the API key of token hash `hash` by `added` for the minute window
@@ -374,16 +389,13 @@ fn read_clock(clock: libc::clockid_t) -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// The minute the quota clock of [`XdpObject::set_quota`] with `tai_offset_ns` is in now (its
+/// The minute the quota clock of [`XdpObject::set_quota`] with `utc_offset_ns` is in now (its
 /// window tag: minutes since 1970).
-pub fn quota_minute(tai_offset_ns: u64) -> u32 {
-    ((read_clock(libc::CLOCK_TAI) - tai_offset_ns) / 60_000_000_000) as u32
+pub fn quota_minute(utc_offset_ns: u64) -> u32 {
+    ((read_clock(libc::CLOCK_MONOTONIC) + utc_offset_ns) / 60_000_000_000) as u32
 }
 
-/// How far CLOCK_TAI is ahead of CLOCK_REALTIME now, ns, rounded to whole seconds (the leap
-/// seconds so far, as the kernel has them; 0 where nothing set them).
-pub fn tai_offset_ns() -> u64 {
-    let tai = read_clock(libc::CLOCK_TAI);
-    let utc = read_clock(libc::CLOCK_REALTIME);
-    (tai.saturating_sub(utc) + 500_000_000) / 1_000_000_000 * 1_000_000_000
+/// CLOCK_REALTIME less CLOCK_MONOTONIC now, ns (as the agent tells the datapath).
+pub fn utc_offset_ns() -> u64 {
+    limiter_common::sys::utc_offset_ns()
 }

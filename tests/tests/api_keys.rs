@@ -150,11 +150,7 @@ fn a_key_over_its_plan_gets_a_429_from_the_kernel_and_nginx_never_sees_it() {
     // nginx saw exactly the requests that got 200 (it writes a request's log line after its
     // response: give the last one a moment).
     let expected = passed + 5 + 1;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while bed.nginx.logged_statuses().len() < expected && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let logged = bed.nginx.logged_statuses();
+    let logged = bed.nginx.logged_statuses_once(expected);
     assert!(logged.iter().all(|s| *s == 200), "nginx logged {logged:?}");
     assert_eq!(logged.len(), expected, "nginx's access log");
 
@@ -435,11 +431,7 @@ fn with_keep_alive_a_429_leaves_the_connection_open() {
     // Another key on the same connection, and a request without a key.
     assert_eq!(conn.get(Some("X-API-Key: tok-else")).status, 200);
     assert_eq!(conn.get(None).status, 200);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while nginx.logged_statuses().len() < 9 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let logged = nginx.logged_statuses();
+    let logged = nginx.logged_statuses_once(9);
     assert_eq!(logged, vec![200; 9], "nginx saw the 200s only");
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(5);

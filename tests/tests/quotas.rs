@@ -84,7 +84,7 @@ fn a_key_over_its_quota_gets_a_429_until_the_minute_ends() {
     assert_eq!(body["retry_after_s"].as_u64(), Some(retry));
     assert_eq!(
         nginx
-            .logged_statuses()
+            .logged_statuses_once(5)
             .iter()
             .filter(|s| **s == 200)
             .count(),
@@ -221,7 +221,7 @@ fn a_top_up_lets_a_used_up_key_through_for_the_rest_of_its_window() {
     );
     assert_eq!(
         nginx
-            .logged_statuses()
+            .logged_statuses_once(7)
             .iter()
             .filter(|s| **s == 200)
             .count(),

@@ -594,7 +594,7 @@ fn a_key_over_its_quota_is_refused_until_its_window_ends() {
     require_root();
     let mut object = object(1000);
     // The quota clock two minutes behind UTC, so that it can be moved a minute on.
-    let offset = limiter_tests::object::tai_offset_ns() + 120_000_000_000;
+    let offset = limiter_tests::object::utc_offset_ns() - 120_000_000_000;
     // Not at a minute's last seconds: the test's requests all fall in one minute.
     let into = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -632,7 +632,7 @@ fn a_key_over_its_quota_is_refused_until_its_window_ends() {
     );
 
     // A minute on: a new window.
-    object.set_quota(0, 3, PERIOD_MINUTE, offset - 60_000_000_000);
+    object.set_quota(0, 3, PERIOD_MINUTE, offset + 60_000_000_000);
     assert_eq!(send(&object).0, XDP_PASS, "the next window's first");
     // Back into the spent minute: counted in the window the key is in (1 used of 3).
     object.set_quota(0, 3, PERIOD_MINUTE, offset);
@@ -646,13 +646,51 @@ fn a_key_over_its_quota_is_refused_until_its_window_ends() {
     assert_eq!(object.counter(Counter::OverQuota), 2);
 }
 
+/// A request its key's rate refuses does not count against its quota: the place it took is
+/// given back.
+#[test]
+fn a_request_the_rate_refuses_leaves_the_quota_alone() {
+    require_root();
+    // API keys at 1/s, burst 2.
+    let mut object = object(2);
+    let offset = limiter_tests::object::utc_offset_ns();
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into >= 57 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - into));
+    }
+    object.set_quota(0, 5, PERIOD_MINUTE, offset);
+    let body = request("tok-R");
+    let hash = hash(b"tok-R");
+    let mut port = 44000u16;
+    let verdicts: Vec<u32> = (0..4)
+        .map(|_| {
+            port += 1;
+            object
+                .run_out(&segment(port, 100, TCP_PSH | TCP_ACK, &body))
+                .0
+        })
+        .collect();
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_TX, XDP_TX], "burst 2");
+    assert_eq!(object.counter(Counter::OverQuota), 0, "the rate's 429s");
+    let usage = object.quota_usage(hash).expect("counted");
+    assert_eq!(
+        usage.used, 2,
+        "the two that passed, not the two the rate refused"
+    );
+    assert_eq!(usage.tag, limiter_tests::object::quota_minute(offset));
+}
+
 /// `limiter quota KEY --add N` as the kernel sees it: a key that used up its quota passes N more
 /// in the window of the top-up, and only there.
 #[test]
 fn a_top_up_lets_a_used_up_key_pass_that_many_more_in_its_window() {
     require_root();
     let mut object = object(1000);
-    let offset = limiter_tests::object::tai_offset_ns() + 120_000_000_000;
+    let offset = limiter_tests::object::utc_offset_ns() - 120_000_000_000;
     let into = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -683,6 +721,6 @@ fn a_top_up_lets_a_used_up_key_pass_that_many_more_in_its_window() {
     assert_eq!(verdicts(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
     assert_eq!(object.counter(Counter::OverQuota), 3);
     // A minute on: the plan's quota alone.
-    object.set_quota(0, 2, PERIOD_MINUTE, offset - 60_000_000_000);
+    object.set_quota(0, 2, PERIOD_MINUTE, offset + 60_000_000_000);
     assert_eq!(verdicts(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
 }

@@ -31,8 +31,9 @@ use limiter_common::http::{Answer, KeyHeaders};
 use limiter_common::keyhash::KeyHasher;
 use limiter_common::maps::{
     counter_index, ApiKeyEntry, BucketKey, BucketState, Counter, DatapathConfig, HttpConfig,
-    ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP, DEFAULT_RULE_ID,
-    FAMILY_IPV4, FAMILY_IPV6, LIMITER_PROG, TICK_GLOBAL,
+    PlanQuota, ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
+    DEFAULT_RULE_ID, FAMILY_IPV4, FAMILY_IPV6, LIMITER_PROG, PERIOD_DAY, PLAN_QUOTAS_MAP,
+    QUOTAS_MAP, QUOTA_ANSWERS, TICK_GLOBAL,
 };
 use limiter_tests::agent::{ensure_bpffs, TEST_BPFFS};
 use limiter_tests::frame;
@@ -100,11 +101,17 @@ const HTTP_KEYED: usize = 7;
 const HTTP_KEYLESS: usize = 8;
 const HTTP_429: usize = 9;
 const HTTP_KEEP_ALIVE: usize = 10;
+const HTTP_QUOTA_KEEP_ALIVE: usize = 11;
+const HTTP_OVER_QUOTA: usize = 12;
 
 /// The API keys of the HTTP arms: one at a limit no run reaches, one registered on a plan of
 /// 1/s that every run is over.
 const TOKEN_WITHIN: &[u8] = b"k-7f3a9c21d4e8b6f0";
 const TOKEN_OVER: &[u8] = b"k-over-the-limit-01";
+/// A key on a plan with a quota no run uses up (plan slot 1), and one on a plan whose quota
+/// every run is over (plan slot 2).
+const TOKEN_QUOTA: &[u8] = b"k-quota-2b9e41c07a";
+const TOKEN_OVER_QUOTA: &[u8] = b"k-over-its-quota-1";
 const HTTP_SECRET: [u64; 2] = [0x5eed_0001, 0x5eed_0002];
 const HTTP_PORT: u16 = 8080;
 
@@ -355,17 +362,38 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             http.program()?,
             XDP_PASS,
         ),
+        Arm::new(
+            "limiter, HTTP request with an API key with a quota, keep-alive",
+            "as above, the key's plan with a quota a day (never used up): the quota's count \
+             taken too",
+            http.program()?,
+            XDP_PASS,
+        ),
+        Arm::new(
+            "limiter, HTTP request over its key's quota",
+            "a new connection each run, its key's quota used up: the quota's 429 (XDP_TX)",
+            http.program()?,
+            XDP_TX,
+        ),
     ];
     let mut requests = [
         http_request(Some(TOKEN_WITHIN)),
         http_request(None),
         http_request(Some(TOKEN_OVER)),
         http_request(Some(TOKEN_WITHIN)),
+        http_request(Some(TOKEN_QUOTA)),
+        http_request(Some(TOKEN_OVER_QUOTA)),
     ];
-    let mut keep_alive_seq = 1u32;
-    // A port the other arms' new connections never use (1024 to 61 023).
-    requests[HTTP_KEEP_ALIVE - HTTP_KEYED][TCP_SPORT_AT..TCP_SPORT_AT + 2]
-        .copy_from_slice(&65_000u16.to_be_bytes());
+    // The keep-alive arms' connections: ports the other arms' new connections never use (1024
+    // to 61 023), and the next request's sequence number on each.
+    let mut keep_alive_seq = [1u32, 1u32];
+    for (i, arm) in [HTTP_KEEP_ALIVE, HTTP_QUOTA_KEEP_ALIVE]
+        .into_iter()
+        .enumerate()
+    {
+        requests[arm - HTTP_KEYED][TCP_SPORT_AT..TCP_SPORT_AT + 2]
+            .copy_from_slice(&(65_000 + i as u16).to_be_bytes());
+    }
     let mut request_seq = 0u32;
 
     let mut steady_results: Vec<ArmResult> = steady.iter().map(|_| ArmResult::new()).collect();
@@ -426,14 +454,14 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                     NEW_SPARSE | NEW_FULL => in_net(NEW_KEY_NET, new_key),
                     _ => HOT_SOURCE,
                 };
-                let frame = if a == HTTP_KEEP_ALIVE {
+                let frame = if a == HTTP_KEEP_ALIVE || a == HTTP_QUOTA_KEEP_ALIVE {
                     // The connection's next request: right after the last one.
-                    keep_alive_seq = keep_alive_seq.wrapping_add(HTTP_REQUEST_LEN);
+                    let seq = &mut keep_alive_seq[usize::from(a == HTTP_QUOTA_KEEP_ALIVE)];
+                    *seq = seq.wrapping_add(HTTP_REQUEST_LEN);
                     let request = &mut requests[a - HTTP_KEYED];
-                    request[TCP_SEQ_AT..TCP_SEQ_AT + 4]
-                        .copy_from_slice(&keep_alive_seq.to_be_bytes());
+                    request[TCP_SEQ_AT..TCP_SEQ_AT + 4].copy_from_slice(&seq.to_be_bytes());
                     &*request
-                } else if (HTTP_KEYED..=HTTP_429).contains(&a) {
+                } else if (HTTP_KEYED..=HTTP_429).contains(&a) || a == HTTP_OVER_QUOTA {
                     // A new connection each run: a request repeated on one would be taken for a
                     // retransmission, and one after a 429 for the rest of a dead connection.
                     request_seq = request_seq.wrapping_add(1);
@@ -531,10 +559,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     for (counter, want) in [
         (
             Counter::KeyedRequests,
-            runs(HTTP_KEYED) + runs(HTTP_429) + runs(HTTP_KEEP_ALIVE),
+            runs(HTTP_KEYED)
+                + runs(HTTP_429)
+                + runs(HTTP_KEEP_ALIVE)
+                + runs(HTTP_QUOTA_KEEP_ALIVE)
+                + runs(HTTP_OVER_QUOTA),
         ),
         (Counter::KeylessRequests, runs(HTTP_KEYLESS)),
-        (Counter::Rejected, runs(HTTP_429)),
+        (Counter::Rejected, runs(HTTP_429) + runs(HTTP_OVER_QUOTA)),
+        (Counter::OverQuota, runs(HTTP_OVER_QUOTA)),
         (Counter::Retransmits, 0),
         (Counter::AnswersFailed, 0),
     ] {
@@ -855,6 +888,8 @@ fn http_config() -> DatapathConfig {
     http.secret = HTTP_SECRET;
     http.ports[0] = HTTP_PORT;
     http.port_count = 1;
+    // Plans 1 and 2 have quotas (`serve_api_keys`).
+    http.quota_plans = 0b110;
     DatapathConfig {
         default_limit: Limit::new(1_000_000_000, 1_000_000_000),
         flags: CONFIG_HTTP,
@@ -905,23 +940,59 @@ fn http_request(token: Option<&[u8]>) -> Vec<u8> {
 }
 
 impl Limiter {
-    /// Writes the HTTP arms' 429 and registers TOKEN_OVER at 1/s, burst 1.
+    /// Writes the HTTP arms' 429s, registers TOKEN_OVER at 1/s, burst 1, and the quota arms'
+    /// keys: TOKEN_QUOTA on plan 1 (a quota a day no run uses up), TOKEN_OVER_QUOTA on plan 2
+    /// (its quota used up for good).
     fn serve_api_keys(&mut self) -> anyhow::Result<()> {
         let mut answers: aya::maps::Array<_, Answer> =
             aya::maps::Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).context("no ANSWERS map")?)?;
         answers.set(0, Answer::render("default", 1, 1, false), 0)?;
+        for plan in [1, 2] {
+            answers.set(plan, Answer::render("quota", 1, 1, false), 0)?;
+            let quota = Answer::render_quota("quota", 1, 86_400, false);
+            answers.set(QUOTA_ANSWERS + plan, quota, 0)?;
+        }
+        let mut quotas: aya::maps::Array<_, PlanQuota> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(PLAN_QUOTAS_MAP)
+                .context("no PLAN_QUOTAS map")?,
+        )?;
+        for (plan, quota) in [(1, u32::MAX), (2, 1)] {
+            let period = PERIOD_DAY;
+            quotas.set(plan, PlanQuota { quota, period }, 0)?;
+        }
+        let hash_of = |token: &[u8]| {
+            let mut hasher = KeyHasher::new(HTTP_SECRET[0], HTTP_SECRET[1]);
+            hasher.write(token);
+            hasher.finish()
+        };
         let mut keys: aya::maps::HashMap<_, u64, ApiKeyEntry> = aya::maps::HashMap::try_from(
             self.ebpf.map_mut(API_KEYS_MAP).context("no API_KEYS map")?,
         )?;
-        let mut hasher = KeyHasher::new(HTTP_SECRET[0], HTTP_SECRET[1]);
-        hasher.write(TOKEN_OVER);
+        let huge = Limit::new(1_000_000_000, 1_000_000_000);
+        for (token, plan) in [(TOKEN_QUOTA, 1), (TOKEN_OVER_QUOTA, 2)] {
+            let entry = ApiKeyEntry {
+                limit: huge,
+                plan,
+                _pad: 0,
+            };
+            keys.insert(hash_of(token), entry, 0)?;
+        }
         let entry = ApiKeyEntry {
             limit: Limit::new(1, 1),
             plan: 0,
             _pad: 0,
         };
-        let hash = hasher.finish();
+        let hash = hash_of(TOKEN_OVER);
         keys.insert(hash, entry, 0)?;
+        // Used up in a window later than any run's: every request is charged to it, over.
+        let mut counts: aya::maps::HashMap<_, u64, u64> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut(QUOTAS_MAP).context("no QUOTAS map")?)?;
+        let used_up = limiter_common::quota::Usage {
+            tag: u32::MAX,
+            used: u32::MAX,
+        };
+        counts.insert(hash_of(TOKEN_OVER_QUOTA), used_up.word(), 0)?;
         // Exhausted for the whole run: a TAT far ahead.
         let over = BucketState {
             tat_ns: u64::MAX / 2,
@@ -1441,6 +1512,20 @@ fn report(
          and TLB misses on the hash table; a new key {new:+.0} / {new_mean:+.0} ns (a lookup \
          that misses, then the insert); a new key into the full map {full:+.0} / \
          {full_mean:+.0} ns (the insert evicts).",
+    );
+
+    let quota = median_difference(
+        &single_results[HTTP_QUOTA_KEEP_ALIVE],
+        &single_results[HTTP_KEEP_ALIVE],
+    );
+    let _ = writeln!(
+        out,
+        "\n**Quotas.** A keep-alive request of a key whose plan has a quota costs {quota:+.0} ns \
+         over the same request of a key without one (median of the rounds' differences): a call, \
+         the plan's quota (`PLAN_QUOTAS`), the key's count (a lookup in `QUOTAS`, an LRU hash \
+         map), its window (one division of the clock the request path read already) and a \
+         compare-and-swap. A key of a plan without a quota pays a bit test of the \
+         configuration: the keyed arms without a quota are that case.",
     );
 
     // The clock.

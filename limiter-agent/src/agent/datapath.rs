@@ -3,8 +3,8 @@
 use super::api_keys::{fingerprint, Registered, Secret};
 use super::config::{longest_match, Config, Quota, ResolvedRule};
 use super::quotas::{
-    quota_clock_now, quota_info, top_up_is_over, topped_up, window_is_over, QuotaWords, Restored,
-    TopUpRefusal,
+    quota_clock_holds, quota_clock_now, quota_info, top_up_is_over, topped_up, window_is_over,
+    QuotaWords, Restored, TopUpRefusal,
 };
 use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, QuotaInfo, SortBy};
 use anyhow::{anyhow, Context};
@@ -406,6 +406,7 @@ impl Datapath {
             datapath.flags |= CONFIG_HTTP;
             datapath.http = http.datapath(secret.words());
             datapath.http.quota_clock = quota_clock_now();
+            datapath.http.quota_plans = config.quota_plans();
         }
         self.config_map
             .set(0, datapath, 0)
@@ -430,7 +431,8 @@ impl Datapath {
 
     /// Writes `clock` (from [`Datapath::quota_clock_due`]) as the datapath's quota clock: it
     /// changes when a month ends (month windows need the calendar; minutes, hours and days roll
-    /// over by themselves) or the kernel's leap seconds do.
+    /// over by themselves) or the wall clock is stepped (NTP, `date -s`, a leap second). The
+    /// expiry task asks every 200 ms, so a step is followed within that.
     pub fn refresh_quota_clock(&mut self, clock: QuotaClock) -> anyhow::Result<()> {
         let Some(mut written) = self.written.filter(|w| w.flags & CONFIG_HTTP != 0) else {
             return Ok(());
@@ -447,7 +449,7 @@ impl Datapath {
     pub fn quota_clock_due(&self) -> Option<QuotaClock> {
         let written = self.written.filter(|w| w.flags & CONFIG_HTTP != 0)?;
         let clock = quota_clock_now();
-        (clock != written.http.quota_clock).then_some(clock)
+        (!quota_clock_holds(&written.http.quota_clock, &clock)).then_some(clock)
     }
 
     /// The rule the datapath applies to sources in `prefix` (its address, for a host): chosen

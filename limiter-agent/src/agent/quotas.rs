@@ -137,17 +137,25 @@ fn unix_secs(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The quota clock as the datapath needs it now: the leap seconds between CLOCK_TAI and UTC
-/// (what the kernel was told, `adjtimex`), and the bounds of this month and the next.
+/// The quota clock as the datapath needs it now: CLOCK_REALTIME less CLOCK_MONOTONIC (UTC from
+/// the datapath's clock), and the bounds of this month and the next.
 pub fn quota_clock_now() -> QuotaClock {
-    // SAFETY: a zeroed timex with modes 0 only reads the kernel's clock state.
-    let tai_secs = unsafe {
-        let mut timex: libc::timex = std::mem::zeroed();
-        libc::adjtimex(&mut timex);
-        timex.tai.max(0) as u64
-    };
     let utc_secs = unix_secs(SystemTime::now());
-    limiter_common::quota::month_clock(utc_secs, tai_secs * 1_000_000_000)
+    limiter_common::quota::month_clock(utc_secs, limiter_common::sys::utc_offset_ns())
+}
+
+/// How far the offset written may be from the one now before it is written again: reading it
+/// jitters by a microsecond or so; a step of the wall clock moves it by far more.
+const OFFSET_SLACK_NS: u64 = 1_000_000;
+
+/// Whether `written` is still the quota clock `now` says (the same months, an offset within
+/// [`OFFSET_SLACK_NS`]).
+pub fn quota_clock_holds(written: &QuotaClock, now: &QuotaClock) -> bool {
+    QuotaClock {
+        utc_offset_ns: now.utc_offset_ns,
+        ..*written
+    } == *now
+        && written.utc_offset_ns.abs_diff(now.utc_offset_ns) <= OFFSET_SLACK_NS
 }
 
 #[cfg(test)]

@@ -477,6 +477,20 @@ impl Config {
             .map(|(i, p)| (i as u32 + 1, p))
     }
 
+    /// The plan slots that have a quota, as bits (`HttpConfig::quota_plans`): 0 for `[http]`'s,
+    /// a plan's slot for it.
+    pub fn quota_plans(&self) -> u64 {
+        let http = self
+            .http
+            .as_ref()
+            .is_some_and(|h| matches!(h.quota(), Ok(Some(_))));
+        let plans = self.plans.iter().map(toml::Spanned::get_ref);
+        plans
+            .enumerate()
+            .filter(|(_, p)| matches!(p.quota(), Ok(Some(_))))
+            .fold(u64::from(http), |bits, (i, _)| bits | 1 << (i + 1))
+    }
+
     /// The default limit as the datapath applies it.
     pub fn default_limit(&self) -> Limit {
         Limit::new(self.limits.rate.get(), self.limits.burst.get())
