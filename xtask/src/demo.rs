@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the real agent on a private veth pair with the embedded default config
 //! scaled down, a polite client and three flooding ones, then what was limited and a reset;
 //! then API keys: a real nginx behind the agent, a keyed client over its plan getting 429s from
-//! the kernel, what the operator sees, and a reset bringing the 200s back.
+//! the kernel, what the operator sees, and a reset bringing the 200s back; then a quota used
+//! up, topped up and given back.
 
 use anyhow::bail;
 use limiter_tests::agent::{is_bpffs, Agent, TEST_BPFFS};
@@ -41,11 +42,19 @@ burst = 5
 name = \"starter\"
 rate = 1
 burst = 5
+
+[[plans]]
+name = \"metered\"
+rate = 100
+burst = 100
+quota = 10         # requests per calendar minute (UTC); also \"hour\", \"day\", \"month\"
+period = \"minute\"
 ";
 
 /// The demo's API key tokens (made up; they never appear in any output).
 const ACME_TOKEN: &str = "demo-acme-5b1e07c2";
 const OTHER_TOKEN: &str = "demo-other-9d3f";
+const METER_TOKEN: &str = "demo-meter-4c8a21";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -225,7 +234,48 @@ fn api_keys(net: &TestNet) -> anyhow::Result<()> {
     show(&agent, &["reset", "key:acme"]);
     requests(net, 0, &acme, 7);
     check_interrupted()?;
+
+    quotas(net, &agent)?;
     drop(agent);
     drop(nginx);
     Ok(())
+}
+
+/// Quotas: a key on a plan of 10 requests a minute uses them up, gets the quota's 429, is
+/// topped up and given its quota back.
+fn quotas(net: &TestNet, agent: &Agent) -> anyhow::Result<()> {
+    step("quotas: meter (plan metered: 10 requests a minute) sends 12 requests");
+    // The demo's requests all in one calendar minute.
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 60;
+    if into > 45 {
+        println!("(waiting {} s for the next minute to start)", 60 - into);
+        std::thread::sleep(Duration::from_secs(60 - into));
+    }
+    add_key(agent, "meter", "metered", METER_TOKEN)?;
+    let meter = format!("X-API-Key: {METER_TOKEN}");
+    let answers = requests(net, 2, &meter, 12);
+    if let Some(rejected) = answers.iter().find(|r| r.status == 429) {
+        println!(
+            "
+the quota's 429 (Retry-After: until the minute ends):"
+        );
+        for (name, value) in &rejected.headers {
+            let name_lower = name.to_ascii_lowercase();
+            if name_lower.starts_with("retry") || name_lower.starts_with("ratelimit") {
+                println!("{name}: {value}");
+            }
+        }
+    }
+    show(agent, &["quota", "key:meter"]);
+    check_interrupted()?;
+
+    step("top it up by 5 for this minute, then give it its whole quota back");
+    show(agent, &["quota", "key:meter", "--add", "5"]);
+    requests(net, 2, &meter, 6);
+    show(agent, &["reset", "--quota", "key:meter"]);
+    requests(net, 2, &meter, 3);
+    check_interrupted()
 }
