@@ -724,3 +724,102 @@ fn a_top_up_lets_a_used_up_key_pass_that_many_more_in_its_window() {
     object.set_quota(0, 2, PERIOD_MINUTE, offset + 60_000_000_000);
     assert_eq!(verdicts(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
 }
+
+/// Exact at a window's edge from two CPUs at once: a key with a quota of `Q` a minute, flooded
+/// from both CPUs across the end of a minute, passes exactly `Q` in each of the two minutes
+/// (both are used up: no lost update hands out more, no contention refuses one within), and the
+/// first request after the boundary passes.
+#[test]
+fn two_cpus_across_a_minutes_end_pass_exactly_the_quota_of_each_minute() {
+    require_root();
+    const Q: u32 = 300;
+    const NS: u64 = 1_000_000_000;
+    // Keys at 1/s with a burst no run reaches: only the quota refuses.
+    let mut object = object(1_000_000_000);
+    let mono = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec as u64 * NS + t.tv_nsec as u64
+    };
+    // A quota clock whose minute ends 1.5 s from now.
+    let now = mono();
+    let real = limiter_tests::object::utc_offset_ns();
+    let into = (now + real) % (60 * NS);
+    let offset = real + (60 * NS + 60 * NS - NS - NS / 2 - into) % (60 * NS);
+    object.set_quota(0, Q, PERIOD_MINUTE, offset);
+    let boundary = ((now + offset) / (60 * NS) + 1) * 60 * NS - offset;
+    let until = boundary + 3 * NS / 2;
+
+    let body = request("tok-EDGE");
+    let object = &object;
+    let runs: Vec<Vec<(u64, u64, u32)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = [0usize, 1]
+            .into_iter()
+            .map(|cpu| {
+                let body = &body;
+                scope.spawn(move || {
+                    limiter_tests::traffic::pin_to_cpu(cpu);
+                    let mut runs = Vec::new();
+                    let mut n = 0u32;
+                    loop {
+                        n += 1;
+                        // A new connection each run (a port of this CPU's own range).
+                        let port = 1024 + (cpu as u32 * 30_000 + n % 30_000) as u16;
+                        let frame = segment(port, n.wrapping_mul(4096), TCP_PSH | TCP_ACK, body);
+                        let before = mono();
+                        let (verdict, _) = object.run_out(&frame);
+                        let after = mono();
+                        runs.push((before, after, verdict));
+                        if after > until {
+                            return runs;
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let all: Vec<(u64, u64, u32)> = runs.concat();
+    let passed = |keep: &dyn Fn(u64, u64) -> bool| {
+        all.iter()
+            .filter(|&&(b, a, v)| v == XDP_PASS && keep(b, a))
+            .count() as u32
+    };
+    let total = passed(&|_, _| true);
+    let before_edge = passed(&|_, a| a < boundary);
+    let after_edge = passed(&|b, _| b >= boundary);
+    let sent_before = all.iter().filter(|r| r.1 < boundary).count();
+    let sent_after = all.iter().filter(|r| r.0 >= boundary).count();
+    assert!(
+        sent_before > 2 * Q as usize && sent_after > 2 * Q as usize,
+        "enough requests on each side to use both minutes up: {sent_before}, {sent_after}"
+    );
+    assert!(
+        before_edge <= Q && after_edge <= Q,
+        "{before_edge}, {after_edge}"
+    );
+    assert_eq!(
+        total,
+        2 * Q,
+        "each minute passed its quota, no more, no less"
+    );
+    let first_after = all
+        .iter()
+        .filter(|r| r.0 >= boundary)
+        .min_by_key(|r| r.0)
+        .unwrap();
+    assert_eq!(
+        first_after.2, XDP_PASS,
+        "the first request of the new minute"
+    );
+    let cpus_used = runs.iter().filter(|r| !r.is_empty()).count();
+    assert_eq!(cpus_used, 2);
+    assert_eq!(
+        object.counter(Counter::OverQuota),
+        all.len() as u64 - u64::from(total)
+    );
+}
