@@ -81,8 +81,7 @@ pub fn give_back(hash: u64, taken: u64) {
         return;
     }
     let tag = taken & !TAKEN;
-    let key = hash;
-    let Some(ptr) = QUOTAS.get_ptr_mut(&key) else {
+    let Some(ptr) = QUOTAS.get_ptr_mut(hash) else {
         return;
     };
     // SAFETY: a lookup in QUOTAS of this run; an 8-byte aligned u64 value.

@@ -127,7 +127,8 @@ fn a_checkpoint_that_cannot_be_read_is_moved_aside_and_the_agent_runs() {
     std::thread::sleep(Duration::from_millis(1500));
     let file = agent.state_dir().join("quotas.redb");
 
-    let damages: [(&str, fn(&mut Vec<u8>)); 3] = [
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 3] = [
         ("truncated", |bytes| bytes.truncate(100)),
         ("overwritten", |bytes| {
             for (i, b) in bytes.iter_mut().take(4096).enumerate() {
