@@ -36,6 +36,17 @@ impl Period {
         Period::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// Its code in the datapath (`maps::PERIOD_*`).
+    pub const fn code(self) -> u32 {
+        use crate::maps::{PERIOD_DAY, PERIOD_HOUR, PERIOD_MINUTE, PERIOD_MONTH};
+        match self {
+            Period::Minute => PERIOD_MINUTE,
+            Period::Hour => PERIOD_HOUR,
+            Period::Day => PERIOD_DAY,
+            Period::Month => PERIOD_MONTH,
+        }
+    }
+
     /// Its length in seconds when fixed: every period but the month.
     pub const fn fixed_secs(self) -> Option<u64> {
         match self {
@@ -47,8 +58,24 @@ impl Period {
     }
 }
 
-/// One window of a period: `[start, end)` in UTC seconds, and its tag — a number that grows by
-/// one from a window to the next (minutes, hours or days since 1970, or months since year 0).
+/// Where a window's tag keeps its period (`maps::PERIOD_*`): above its index, so that a count of
+/// one period is never taken for a count of another (a reload that changes a plan's period
+/// starts its keys' counts anew, rather than charging minutes to a window of days).
+pub const TAG_PERIOD_SHIFT: u32 = 29;
+
+/// The tag of window `index` of the period of code `period` (its index: minutes, hours or days
+/// since 1970, or months since year 0; 29 bits hold a thousand years of minutes).
+pub const fn tag(period: u32, index: u64) -> u32 {
+    (period << TAG_PERIOD_SHIFT) | (index as u32 & ((1 << TAG_PERIOD_SHIFT) - 1))
+}
+
+/// Whether two tags are of the same period.
+pub const fn same_period(a: u32, b: u32) -> bool {
+    a >> TAG_PERIOD_SHIFT == b >> TAG_PERIOD_SHIFT
+}
+
+/// One window of a period: `[start, end)` in UTC seconds, and its tag ([`tag`]) — a number that
+/// grows by one from a window to the next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub start: u64,
@@ -64,7 +91,7 @@ pub fn window(period: Period, utc_secs: u64) -> Window {
             Window {
                 start: index * secs,
                 end: (index + 1) * secs,
-                tag: index as u32,
+                tag: tag(period.code(), index),
             }
         }
         None => {
@@ -77,7 +104,7 @@ pub fn window(period: Period, utc_secs: u64) -> Window {
             Window {
                 start: days_from_civil(year, month, 1) as u64 * SECS_PER_DAY,
                 end: days_from_civil(next_year, next_month, 1) as u64 * SECS_PER_DAY,
-                tag: (year * 12 + i64::from(month) - 1) as u32,
+                tag: tag(period.code(), (year * 12 + i64::from(month) - 1) as u64),
             }
         }
     }
@@ -132,7 +159,7 @@ pub fn window_of_ns(period: u32, utc_ns: u64, clock: &crate::maps::QuotaClock) -
         _ => 0,
     };
     if let Some(index) = utc_ns.checked_div(fixed_secs * NANOS_PER_SEC) {
-        return (index as u32, (index + 1) * fixed_secs);
+        return (tag(period, index), (index + 1) * fixed_secs);
     }
     let utc_secs = utc_ns / NANOS_PER_SEC;
     if utc_secs < clock.month_end {
@@ -243,13 +270,14 @@ impl TopUp {
 }
 
 /// The window a request at window `tag` is charged to, the key's count being `word`: the later
-/// of the two (see [`take`]: a clock stepped back charges the window the count is in).
+/// of the two (see [`take`]: a clock stepped back charges the window the count is in); `tag`'s
+/// when the count is of another period.
 pub const fn charged_window(word: u64, tag: u32) -> u32 {
     let counted = Usage::from_word(word).tag;
-    if tag > counted {
-        tag
-    } else {
+    if same_period(counted, tag) && counted > tag {
         counted
+    } else {
+        tag
     }
 }
 
@@ -347,6 +375,39 @@ mod tests {
         );
         // The clock stepped back a window: charged to the spent one, refused.
         assert_eq!(take(word, 9, 3), Take::Over);
+    }
+
+    #[test]
+    fn a_count_of_another_period_starts_anew() {
+        use crate::maps::{PERIOD_DAY, PERIOD_MINUTE};
+        let now = date(2026, 11, 28) + 3600;
+        let minute = window(Period::Minute, now).tag;
+        let day = window(Period::Day, now).tag;
+        assert!(!same_period(minute, day));
+        assert_eq!(minute >> TAG_PERIOD_SHIFT, PERIOD_MINUTE);
+        assert_eq!(day >> TAG_PERIOD_SHIFT, PERIOD_DAY);
+        // A plan moved from minutes to days, and back: each time a fresh count, whichever
+        // period's tags are the larger numbers.
+        let minutes_used_up = Usage {
+            tag: minute,
+            used: 5,
+        }
+        .word();
+        assert_eq!(
+            take(minutes_used_up, day, 5),
+            Take::Within(Usage { tag: day, used: 1 }.word())
+        );
+        let days_used_up = Usage { tag: day, used: 5 }.word();
+        assert_eq!(
+            take(days_used_up, minute, 5),
+            Take::Within(
+                Usage {
+                    tag: minute,
+                    used: 1
+                }
+                .word()
+            )
+        );
     }
 
     #[test]

@@ -392,7 +392,8 @@ fn read_clock(clock: libc::clockid_t) -> u64 {
 /// The minute the quota clock of [`XdpObject::set_quota`] with `utc_offset_ns` is in now (its
 /// window tag: minutes since 1970).
 pub fn quota_minute(utc_offset_ns: u64) -> u32 {
-    ((read_clock(libc::CLOCK_MONOTONIC) + utc_offset_ns) / 60_000_000_000) as u32
+    let utc_secs = (read_clock(libc::CLOCK_MONOTONIC) + utc_offset_ns) / 1_000_000_000;
+    limiter_common::quota::window(limiter_common::quota::Period::Minute, utc_secs).tag
 }
 
 /// CLOCK_REALTIME less CLOCK_MONOTONIC now, ns (as the agent tells the datapath).

@@ -238,3 +238,33 @@ fn a_top_up_lets_a_used_up_key_through_for_the_rest_of_its_window() {
     );
     assert!(!log.contains(TOKEN), "the token is never logged");
 }
+
+/// A reload that changes a plan's period starts its keys' counts anew in the new period's
+/// windows (a count of minutes is not charged to a window of hours, nor the other way).
+#[test]
+fn a_reload_to_another_period_counts_anew() {
+    let net = TestNet::new(1, 1);
+    let _pass = ClientPass::attach(&net);
+    let _nginx = Nginx::start(&net);
+    let agent = Agent::start(&net, Some(CONFIG));
+    let (code, _, err) = agent.add_key("meter", Some("metered"), TOKEN);
+    assert_eq!(code, 0, "keys add: {err}");
+    let client = IpAddr::V4(net.client_addrs[0]);
+    let header = format!("X-API-Key: {TOKEN}");
+    let status = || get_once(&net, client, Some(&header)).status;
+
+    early_in_a_minute();
+    let statuses: Vec<u16> = (0..6).map(|_| status()).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    for (period, used) in [("hour", 1), ("minute", 1), ("day", 1)] {
+        agent.write_config(
+            &CONFIG.replace("period = \"minute\"", &format!("period = \"{period}\"")),
+        );
+        let out = agent.cli(&["reload"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(status(), 200, "a fresh count of {period}s");
+        let quota = agent.json(&["quota", "key:meter"])["quota"].clone();
+        assert_eq!(quota["period"].as_str(), Some(period), "{quota}");
+        assert_eq!(quota["used"].as_u64(), Some(used), "{quota}");
+    }
+}

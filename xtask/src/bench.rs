@@ -989,7 +989,7 @@ impl Limiter {
         let mut counts: aya::maps::HashMap<_, u64, u64> =
             aya::maps::HashMap::try_from(self.ebpf.map_mut(QUOTAS_MAP).context("no QUOTAS map")?)?;
         let used_up = limiter_common::quota::Usage {
-            tag: u32::MAX,
+            tag: limiter_common::quota::tag(PERIOD_DAY, u64::MAX),
             used: u32::MAX,
         };
         counts.insert(hash_of(TOKEN_OVER_QUOTA), used_up.word(), 0)?;

@@ -3,10 +3,7 @@
 use super::check_limit;
 use limiter_common::bucket::Limit;
 use limiter_common::http::{Answer, KeyHeaders, DEFAULT_POLICY};
-use limiter_common::maps::{
-    HttpConfig, PlanQuota, HTTP_KEEP_ALIVE, MAX_HTTP_PORTS, MAX_PLANS, PERIOD_DAY, PERIOD_HOUR,
-    PERIOD_MINUTE, PERIOD_MONTH,
-};
+use limiter_common::maps::{HttpConfig, PlanQuota, HTTP_KEEP_ALIVE, MAX_HTTP_PORTS, MAX_PLANS};
 use limiter_common::quota::{Period, SECS_PER_DAY};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU64;
@@ -93,12 +90,7 @@ impl Quota {
     pub fn datapath(&self) -> PlanQuota {
         PlanQuota {
             quota: self.limit,
-            period: match self.period {
-                Period::Minute => PERIOD_MINUTE,
-                Period::Hour => PERIOD_HOUR,
-                Period::Day => PERIOD_DAY,
-                Period::Month => PERIOD_MONTH,
-            },
+            period: self.period.code(),
         }
     }
 
