@@ -2,7 +2,7 @@
 
 use super::api_keys::{fingerprint, Registered, Secret};
 use super::config::{longest_match, Config, Quota, ResolvedRule};
-use super::quotas::{quota_clock_now, quota_info};
+use super::quotas::{quota_clock_now, quota_info, RecentRate};
 use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, SortBy};
 use anyhow::{anyhow, Context};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
@@ -58,6 +58,9 @@ pub struct Datapath {
     /// API keys' counts in their quota windows (`quota::Usage` words), by token hash (behind a
     /// lock: written by `reset_quota` where the rest of the datapath is only read).
     quotas: std::sync::Mutex<HashMap<MapData, u64, u64>>,
+    /// API keys' recent rates of quota use, by token hash, as the quota watcher last published
+    /// them (`events::quota_alerts`): the forecast goes by them.
+    recent_rates: std::sync::RwLock<Arc<StdHashMap<u64, RecentRate>>>,
     /// The token hash's secret and the registered keys (set by `set_api_keys`).
     secret: Option<Secret>,
     registered: Vec<Registered>,
@@ -102,6 +105,13 @@ impl ApiView {
             ),
             None => (format!("key:{}", fingerprint(hash)), "[http]".to_owned()),
         }
+    }
+
+    /// The quota of the key whose token hashes to `hash`, if its limit has one, and its plan
+    /// (none: `[http]`'s default).
+    pub fn quota_of(&self, hash: u64) -> Option<(Quota, Option<&str>)> {
+        let (shown, _, plan) = self.of(hash)?;
+        Some((shown.quota?, plan))
     }
 
     /// The token hash of the key registered as `name`.
@@ -211,6 +221,7 @@ impl Datapath {
             answers,
             plan_quotas,
             quotas,
+            recent_rates: Default::default(),
             secret: None,
             registered: Vec::new(),
             api: Arc::new(ApiView::default()),
@@ -589,6 +600,7 @@ impl Datapath {
             api: self.api(),
             now,
             quota_words,
+            recent_rates: self.recent_rates(),
         }
     }
 
@@ -647,6 +659,25 @@ impl Datapath {
             entries.extend(self.bucket(&key)?.map(|state| (key, state)));
         }
         Ok(self.key_list(entries, now))
+    }
+
+    /// Every API key's count in its quota window (`quota::Usage` words), by token hash.
+    pub fn quota_words(&self) -> anyhow::Result<Vec<(u64, u64)>> {
+        let quotas = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        quotas
+            .iter()
+            .map(|entry| entry.context("reading the QUOTAS map"))
+            .collect()
+    }
+
+    /// Publishes the API keys' recent rates of quota use (the quota watcher does, every second).
+    pub fn publish_recent_rates(&self, rates: StdHashMap<u64, RecentRate>) {
+        *self.recent_rates.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rates);
+    }
+
+    /// The API keys' recent rates of quota use, as last published.
+    pub fn recent_rates(&self) -> Arc<StdHashMap<u64, RecentRate>> {
+        Arc::clone(&self.recent_rates.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Gives the API key `key` its whole quota back for the window now; false when it is not
@@ -796,6 +827,8 @@ pub struct KeyList {
     now: u64,
     /// The quota words (`quota::Usage`) of the API keys among `entries`, by token hash.
     quota_words: StdHashMap<u64, u64>,
+    /// The API keys' recent rates of quota use, by token hash.
+    recent_rates: Arc<StdHashMap<u64, RecentRate>>,
 }
 
 impl KeyList {
@@ -815,6 +848,7 @@ impl KeyList {
                     &self.limits,
                     &self.api,
                     &self.quota_words,
+                    &self.recent_rates,
                 )?,
             ))
         })
@@ -889,6 +923,7 @@ fn describe(
     limits: &StdHashMap<u32, Shown>,
     api: &ApiView,
     quota_words: &StdHashMap<u64, u64>,
+    recent_rates: &StdHashMap<u64, RecentRate>,
 ) -> Option<KeyInfo> {
     let (text, kind, api_key, shown) = match charge::api_key_hash(key) {
         Some(hash) => {
@@ -910,10 +945,12 @@ fn describe(
     };
     let limit = &shown.limit;
     let quota = shown.quota.map(|quota| {
-        let word = charge::api_key_hash(key)
+        let hash = charge::api_key_hash(key);
+        let word = hash
             .and_then(|hash| quota_words.get(&hash).copied())
             .unwrap_or(0);
-        quota_info(&quota, word, SystemTime::now())
+        let recent = hash.and_then(|hash| recent_rates.get(&hash).copied());
+        quota_info(&quota, word, SystemTime::now(), recent)
     });
     Some(KeyInfo {
         key: text,
