@@ -155,13 +155,13 @@ impl QuotaWatcher {
             if (i as u64) < LOG_LINES_PER_SEC {
                 info!(
                     key = %alert.key,
-                    plan = alert.plan.as_deref().unwrap_or("[http]"),
+                    plan = %alert.plan.as_deref().unwrap_or("[http]"),
                     threshold = alert.threshold,
                     used = alert.used,
                     limit = alert.limit,
                     period = %alert.period,
                     resets_at = %alert.resets_at,
-                    exhausts_at = alert.exhausts_at.as_deref().unwrap_or("not this window"),
+                    exhausts_at = %alert.exhausts_at.as_deref().unwrap_or("not this window"),
                     "quota threshold reached"
                 );
             } else {
