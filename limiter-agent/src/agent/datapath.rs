@@ -662,12 +662,16 @@ impl Datapath {
     }
 
     /// Every API key's count in its quota window (`quota::Usage` words), by token hash.
+    /// (In batches: the watcher reads them every second, up to `MAX_QUOTA_KEYS` of them.)
     pub fn quota_words(&self) -> anyhow::Result<Vec<(u64, u64)>> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
         let quotas = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-        quotas
-            .iter()
-            .map(|entry| entry.context("reading the QUOTAS map"))
-            .collect()
+        let fd = quotas.map().fd().as_fd().as_raw_fd();
+        let mut words = Vec::new();
+        limiter_common::batch::for_each_u64_entry(fd, |hash, word| words.push((*hash, *word)))
+            .context("reading the QUOTAS map")?;
+        Ok(words)
     }
 
     /// Publishes the API keys' recent rates of quota use (the quota watcher does, every second).
