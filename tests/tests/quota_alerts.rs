@@ -208,6 +208,30 @@ fn a_key_crossing_its_thresholds_is_alerted_once_each_per_window() {
         utc_secs() < minute_end,
         "the minute ended during the test: the checks above are not about one window"
     );
+
+    // Thresholds that are not increasing percents: the reload is refused with the file and
+    // line, and the thresholds in force stay (still counted at 0).
+    let good = config(&webhook);
+    agent.write_config(&good.replace("[50, 80, 100]", "[50, 100, 80]"));
+    let reload = agent.cli(&["reload"]);
+    assert_ne!(reload.code, 0, "{}", reload.stdout);
+    let line = good
+        .lines()
+        .position(|l| l.starts_with("thresholds"))
+        .unwrap()
+        + 1;
+    assert!(
+        reload.stderr.contains("limiter.toml")
+            && reload.stderr.contains(&format!("line {line}"))
+            && reload.stderr.contains("80 after 100"),
+        "{}",
+        reload.stderr
+    );
+    let metrics = metrics_text(&net.gateway, METRICS_ADDR);
+    assert!(
+        metrics.contains("limiter_quota_alerts_total{threshold=\"50\"}"),
+        "{metrics}"
+    );
 }
 
 /// `secs` as the agent writes times: RFC 3339, UTC, milliseconds.
