@@ -72,7 +72,7 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
                 quota
                     .exhausts_at
                     .clone()
-                    .unwrap_or_else(|| "not this window (at its rate so far)".to_owned()),
+                    .unwrap_or_else(|| "not this window (at its recent rate)".to_owned()),
             ),
         ]);
     }
