@@ -82,7 +82,8 @@ pub struct QuotaInfo {
     pub period: String,
     /// When the window ends and the quota comes back (RFC 3339, UTC).
     pub resets_at: String,
-    /// When the key will have used it up at the rate it used it so far this window; null when
+    /// When the key will have used it up at its recent rate (over the last minute; the window's
+    /// average without a recent sample); null when
     /// not this window (now, when used up).
     pub exhausts_at: Option<String>,
 }

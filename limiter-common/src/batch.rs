@@ -33,7 +33,7 @@ struct BatchAttr {
 /// walk of a live map.
 pub fn for_each_bucket(
     map_fd: RawFd,
-    mut visit: impl FnMut(&BucketKey, &BucketState),
+    visit: impl FnMut(&BucketKey, &BucketState),
 ) -> io::Result<()> {
     let empty_key = BucketKey {
         family: 0,
@@ -42,8 +42,25 @@ pub fn for_each_bucket(
         rule_id: 0,
         addr: [0; 16],
     };
+    for_each_entry(map_fd, empty_key, BucketState::default(), visit)
+}
+
+/// Calls `visit` for every entry of the hash map `map_fd` of `u64` keys and `u64` values (the
+/// API keys' quota counts), as [`for_each_bucket`] does.
+pub fn for_each_u64_entry(map_fd: RawFd, visit: impl FnMut(&u64, &u64)) -> io::Result<()> {
+    for_each_entry(map_fd, 0u64, 0u64, visit)
+}
+
+/// Calls `visit` for every entry of the hash map `map_fd`, whose keys are `K` and values `V`
+/// (plain data of the map's key and value sizes; `empty_*` fill the buffers).
+fn for_each_entry<K: Copy, V: Copy>(
+    map_fd: RawFd,
+    empty_key: K,
+    empty_value: V,
+    mut visit: impl FnMut(&K, &V),
+) -> io::Result<()> {
     let mut keys = vec![empty_key; CHUNK];
-    let mut values = vec![BucketState::default(); CHUNK];
+    let mut values = vec![empty_value; CHUNK];
     // For hash maps the batch token is a bucket index (u32); no token starts from the beginning.
     let mut token_in: u32 = 0;
     let mut token_out: u32 = 0;
@@ -63,7 +80,7 @@ pub fn for_each_bucket(
             ..BatchAttr::default()
         };
         // SAFETY: the kernel writes at most `count` keys and values into buffers of that many
-        // elements of the map's key and value sizes (checked by the caller's typed map), and one
+        // elements of the map's key and value sizes (K and V: checked by the caller's typed map), and one
         // u32 token into `token_out`.
         let error = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         for i in 0..attr.count as usize {

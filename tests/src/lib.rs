@@ -10,7 +10,9 @@ pub mod frame;
 pub mod gateway;
 pub mod netns;
 pub mod object;
+pub mod prometheus;
 pub mod traffic;
+pub mod webhook;
 
 use serde_json::Value;
 use std::path::PathBuf;

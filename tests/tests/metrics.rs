@@ -154,19 +154,33 @@ fn parse(text: &str) -> Exposition {
         labels.sort();
         let names: HashSet<_> = labels.iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), labels.len(), "repeated label in {line:?}");
-        for (_, value) in &labels {
-            assert!(
-                !value.starts_with("198.18.") && !value.starts_with("2001:2:"),
-                "a per-key label (unbounded label set) in {line:?}"
-            );
+        // Keys only in the per-key families, bounded by `[metrics] top_keys` (checked below).
+        if !name.starts_with(PER_KEY_PREFIX) {
+            for (_, value) in &labels {
+                assert!(
+                    !value.starts_with("198.18.") && !value.starts_with("2001:2:"),
+                    "a per-key label (unbounded label set) in {line:?}"
+                );
+            }
         }
         assert!(
             samples.insert((name.to_owned(), labels), value).is_none(),
             "duplicate series {line:?}"
         );
     }
+    for name in types.keys().filter(|n| n.starts_with(PER_KEY_PREFIX)) {
+        let series = samples.keys().filter(|(n, _)| n.starts_with(name)).count();
+        assert!(
+            series <= DEFAULT_TOP_KEYS,
+            "{series} series of {name}: more than [metrics] top_keys"
+        );
+    }
     Exposition { samples, types }
 }
+
+/// The families with a `key` label: at most `[metrics] top_keys` series each.
+const PER_KEY_PREFIX: &str = "limiter_key_";
+const DEFAULT_TOP_KEYS: usize = 10;
 
 /// Parses `k="v",…}` and returns the labels and what follows the closing brace.
 fn parse_labels<'a>(text: &'a str, line: &str) -> (Vec<(String, String)>, &'a str) {

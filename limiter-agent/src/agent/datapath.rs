@@ -4,7 +4,7 @@ use super::api_keys::{fingerprint, Registered, Secret};
 use super::config::{longest_match, Config, Quota, ResolvedRule};
 use super::quotas::{
     quota_clock_holds, quota_clock_now, quota_info, top_up_is_over, topped_up, window_is_over,
-    QuotaWords, Restored, TopUpRefusal,
+    QuotaWords, RecentRate, Restored, TopUpRefusal,
 };
 use crate::api::{ApiKeyFields, Counters, KeyInfo, KeyKind, QuotaInfo, SortBy};
 use anyhow::{anyhow, Context};
@@ -61,6 +61,9 @@ pub struct Datapath {
     /// API keys' counts in their quota windows and their top-ups, by token hash (behind a lock:
     /// written by `reset_quota` and `top_up_quota` where the rest of the datapath is only read).
     quotas: std::sync::Mutex<QuotaMaps>,
+    /// API keys' recent rates of quota use, by token hash, as the quota watcher last published
+    /// them (`events::quota_alerts`): the forecast goes by them.
+    recent_rates: std::sync::RwLock<Arc<StdHashMap<u64, RecentRate>>>,
     /// The token hash's secret and the registered keys (set by `set_api_keys`).
     secret: Option<Secret>,
     registered: Vec<Registered>,
@@ -105,6 +108,13 @@ impl ApiView {
             ),
             None => (format!("key:{}", fingerprint(hash)), "[http]".to_owned()),
         }
+    }
+
+    /// The quota of the key whose token hashes to `hash`, if its limit has one, and its plan
+    /// (none: `[http]`'s default).
+    pub fn quota_of(&self, hash: u64) -> Option<(Quota, Option<&str>)> {
+        let (shown, _, plan) = self.of(hash)?;
+        Some((shown.quota?, plan))
     }
 
     /// The token hash of the key registered as `name`.
@@ -232,6 +242,7 @@ impl Datapath {
             answers,
             plan_quotas,
             quotas,
+            recent_rates: Default::default(),
             secret: None,
             registered: Vec::new(),
             api: Arc::new(ApiView::default()),
@@ -612,6 +623,7 @@ impl Datapath {
             api: self.api(),
             now,
             quota_words,
+            recent_rates: self.recent_rates(),
         }
     }
 
@@ -672,6 +684,16 @@ impl Datapath {
         Ok(self.key_list(entries, now))
     }
 
+    /// Publishes the API keys' recent rates of quota use (the quota watcher does, every second).
+    pub fn publish_recent_rates(&self, rates: StdHashMap<u64, RecentRate>) {
+        *self.recent_rates.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rates);
+    }
+
+    /// The API keys' recent rates of quota use, as last published.
+    pub fn recent_rates(&self) -> Arc<StdHashMap<u64, RecentRate>> {
+        Arc::clone(&self.recent_rates.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Gives the API key `key` its whole quota back for the window now; false when it is not
     /// an API key or its plan has no quota. (The kernel's compare-and-swap of a request at the
     /// same moment is overwritten: the reset wins.)
@@ -697,29 +719,35 @@ impl Datapath {
 
     /// The quota of the API key whose token hashes to `hash` in the window now; none when its
     /// plan (or `[http]`) has none. (Whether or not its bucket is tracked.)
-    pub fn quota_of(&self, hash: u64) -> Option<QuotaInfo> {
+    pub fn quota_info_of(&self, hash: u64) -> Option<QuotaInfo> {
         let quota = self.api.of(hash).and_then(|(shown, _, _)| shown.quota)?;
         let words = self
             .quotas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .words(hash);
-        Some(quota_info(&quota, words, SystemTime::now()))
+        let recent = self.recent_rates().get(&hash).copied();
+        Some(quota_info(&quota, words, SystemTime::now(), recent))
     }
 
-    /// Every API key's quota words the datapath holds (counts and top-ups), by token hash.
+    /// Every API key's quota words the datapath holds (counts and top-ups), by token hash. (In
+    /// batches: the quota watcher and the checkpoint read them every second, up to
+    /// `MAX_QUOTA_KEYS` of them.)
     pub fn quota_words(&self) -> anyhow::Result<StdHashMap<u64, QuotaWords>> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
         let maps = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         let mut words: StdHashMap<u64, QuotaWords> = StdHashMap::new();
-        for entry in maps.counts.iter() {
-            // An entry evicted between two steps of the walk ends it early at worst.
-            let Ok((hash, usage)) = entry else { break };
-            words.entry(hash).or_default().usage = usage;
-        }
-        for entry in maps.top_ups.iter() {
-            let Ok((hash, top_up)) = entry else { break };
-            words.entry(hash).or_default().top_up = top_up;
-        }
+        let fd = maps.counts.map().fd().as_fd().as_raw_fd();
+        limiter_common::batch::for_each_u64_entry(fd, |hash, usage| {
+            words.entry(*hash).or_default().usage = *usage;
+        })
+        .context("reading the QUOTAS map")?;
+        let fd = maps.top_ups.map().fd().as_fd().as_raw_fd();
+        limiter_common::batch::for_each_u64_entry(fd, |hash, top_up| {
+            words.entry(*hash).or_default().top_up = *top_up;
+        })
+        .context("reading the QUOTA_TOPUPS map")?;
         Ok(words)
     }
 
@@ -810,7 +838,8 @@ impl Datapath {
             top_up: word,
             ..words
         };
-        Ok(Ok(quota_info(&quota, words, now)))
+        let recent = self.recent_rates().get(&hash).copied();
+        Ok(Ok(quota_info(&quota, words, now, recent)))
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).
@@ -938,6 +967,8 @@ pub struct KeyList {
     now: u64,
     /// The quota words of the API keys among `entries`, by token hash.
     quota_words: StdHashMap<u64, QuotaWords>,
+    /// The API keys' recent rates of quota use, by token hash.
+    recent_rates: Arc<StdHashMap<u64, RecentRate>>,
 }
 
 impl KeyList {
@@ -957,6 +988,7 @@ impl KeyList {
                     &self.limits,
                     &self.api,
                     &self.quota_words,
+                    &self.recent_rates,
                 )?,
             ))
         })
@@ -1031,6 +1063,7 @@ fn describe(
     limits: &StdHashMap<u32, Shown>,
     api: &ApiView,
     quota_words: &StdHashMap<u64, QuotaWords>,
+    recent_rates: &StdHashMap<u64, RecentRate>,
 ) -> Option<KeyInfo> {
     let (text, kind, api_key, shown) = match charge::api_key_hash(key) {
         Some(hash) => {
@@ -1052,10 +1085,12 @@ fn describe(
     };
     let limit = &shown.limit;
     let quota = shown.quota.map(|quota| {
-        let words = charge::api_key_hash(key)
+        let hash = charge::api_key_hash(key);
+        let words = hash
             .and_then(|hash| quota_words.get(&hash).copied())
             .unwrap_or_default();
-        quota_info(&quota, words, SystemTime::now())
+        let recent = hash.and_then(|hash| recent_rates.get(&hash).copied());
+        quota_info(&quota, words, SystemTime::now(), recent)
     });
     Some(KeyInfo {
         key: text,

@@ -2,11 +2,15 @@
 //!
 //! Nothing is polled or cached: every scrape reads the kernel's maps (the per-CPU counters and
 //! the buckets), so the values are those of the datapath itself and survive agent restarts.
-//! Labels are bounded: an interface (at most `MAX_INTERFACES`) and a fixed set of verdicts —
-//! never a key.
+//! Labels are bounded: an interface (at most `MAX_INTERFACES`), a fixed set of verdicts, the
+//! configured quota alert thresholds (at most 100) and — in the per-key families only — the
+//! `[metrics] top_keys` keys with the most use of their quota and the most drops at this scrape
+//! (at most `TOP_KEYS_AT_MOST` each; a key leaves the series when others pass it). A key label is
+//! an address prefix, `key:NAME` or `key:FINGERPRINT`: never an API key's token.
 
+use super::quotas::{quota_info, QuotaWords};
 use super::state::AgentState;
-use crate::api::Counters;
+use crate::api::{Counters, KeyInfo, SortBy};
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -108,6 +112,13 @@ struct Snapshot {
     tracked: u64,
     exhausted: u64,
     max_keys: u32,
+    /// The `top_keys` API keys with the most of their quota used this window (share of it, then
+    /// count): key, plan, used, limit.
+    top_quota: Vec<(String, String, u64, u64)>,
+    /// API keys whose quota is used up in this window.
+    over_quota: u64,
+    /// The `top_keys` keys with the most drops (those with any).
+    top_dropped: Vec<KeyInfo>,
 }
 
 impl MapCollector {
@@ -120,13 +131,64 @@ impl MapCollector {
             .map(|slot| sums.totals(Some(slot)))
             .collect();
         let all = sums.totals(None);
+        let config = self.state.config();
+        let top = config.metrics.top_keys as usize;
+        let (top_quota, over_quota) =
+            self.quota_use(&datapath.quota_words()?, &datapath.api(), top);
+        let top_dropped = if top == 0 {
+            Vec::new()
+        } else {
+            datapath
+                .select(false, Some(SortBy::Drops), Some(top), None, None)?
+                .infos()
+                .filter(|info| info.dropped > 0)
+                .collect()
+        };
         Ok(Snapshot {
             per_interface,
             all,
             tracked,
             exhausted,
-            max_keys: self.state.config().agent.max_keys,
+            max_keys: config.agent.max_keys,
+            top_quota,
+            over_quota,
+            top_dropped,
         })
+    }
+
+    /// The `top` API keys with the most of their quota used this window, and how many have
+    /// used it up.
+    fn quota_use(
+        &self,
+        words: &std::collections::HashMap<u64, QuotaWords>,
+        api: &super::datapath::ApiView,
+        top: usize,
+    ) -> (Vec<(String, String, u64, u64)>, u64) {
+        let now = std::time::SystemTime::now();
+        let mut used: Vec<(u64, u64, u64)> = words
+            .iter()
+            .filter_map(|(&hash, &words)| {
+                let (quota, _) = api.quota_of(hash)?;
+                let info = quota_info(&quota, words, now, None);
+                (info.used > 0).then_some((hash, info.used, info.limit))
+            })
+            .collect();
+        let over_quota = used.iter().filter(|(_, used, limit)| used >= limit).count() as u64;
+        // Most of their quota first (used / limit, compared without division), then most used.
+        used.sort_unstable_by(|a, b| {
+            (u128::from(b.1) * u128::from(a.2))
+                .cmp(&(u128::from(a.1) * u128::from(b.2)))
+                .then(b.1.cmp(&a.1))
+        });
+        used.truncate(top);
+        let top_quota = used
+            .into_iter()
+            .map(|(hash, used, limit)| {
+                let (key, plan) = api.names(hash);
+                (key, plan, used, limit)
+            })
+            .collect();
+        (top_quota, over_quota)
     }
 }
 
@@ -200,6 +262,57 @@ impl Collector for MapCollector {
             "Times a key became exhausted, as reported to this agent since it started.",
             state.exhaustion_events.load(Ordering::Relaxed),
         )?;
+
+        let mut family = encoder.encode_descriptor(
+            "limiter_quota_alerts",
+            "Quota threshold alerts ([alerts] thresholds) this agent raised since it started, by \
+             threshold (percent of the quota).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (threshold, count) in state.quota_alerts() {
+            let threshold = threshold.to_string();
+            let labels = [("threshold", threshold.as_str())];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut encoder,
+            "limiter_over_quota_keys",
+            "API keys whose quota for the window now is used up.",
+            snapshot.over_quota,
+        )?;
+        let mut used = encoder.encode_descriptor(
+            "limiter_key_quota_used",
+            "Requests an API key used of its quota this window, for the [metrics] top_keys keys \
+             with the most of their quota used.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, plan, value, _) in &snapshot.top_quota {
+            let labels = [("key", key.as_str()), ("plan", plan.as_str())];
+            ConstGauge::new(*value).encode(used.encode_family(&labels)?)?;
+        }
+        let mut limit = encoder.encode_descriptor(
+            "limiter_key_quota_limit",
+            "The quota (requests a window) of the keys in limiter_key_quota_used.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, plan, _, value) in &snapshot.top_quota {
+            let labels = [("key", key.as_str()), ("plan", plan.as_str())];
+            ConstGauge::new(*value).encode(limit.encode_family(&labels)?)?;
+        }
+        let mut dropped = encoder.encode_descriptor(
+            "limiter_key_dropped",
+            "Packets (a source) or requests (an API key, answered 429) a key had refused while \
+             tracked, for the [metrics] top_keys keys with the most.",
+            None,
+            MetricType::Counter,
+        )?;
+        for info in &snapshot.top_dropped {
+            let labels = [("key", info.key.as_str()), ("rule", info.rule.as_str())];
+            ConstCounter::new(info.dropped).encode(dropped.encode_family(&labels)?)?;
+        }
 
         gauge(
             &mut encoder,

@@ -209,7 +209,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         quota_checkpoint::spawn(Arc::clone(checkpoint), Arc::clone(&state));
     }
     metrics::spawn(metrics_listener, Arc::clone(&state));
-    events.spawn(Arc::clone(&state));
+    events.spawn(Arc::clone(&state), &args.state_dir)?;
     turnover::spawn(&args.pin_path, state.watch_config())?;
     tokio::spawn(link_watch::watch_links(Arc::clone(&state)));
     // Bound last: a connectable socket means the program is attached and every task has started

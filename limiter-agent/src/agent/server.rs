@@ -473,7 +473,7 @@ async fn quota(
     with_datapath(&state, move |datapath, _| {
         let (hash, shown) = quota_key(&query.key, datapath)?;
         let quota = datapath
-            .quota_of(hash)
+            .quota_info_of(hash)
             .ok_or_else(|| AgentError::bad_request(format!("{shown} {}", TopUpRefusal::NoQuota)))?;
         Ok(Json(QuotaResponse { key: shown, quota }))
     })

@@ -31,6 +31,9 @@ pub struct AgentState {
     pub resets: AtomicU64,
     /// Times a key became exhausted, as this agent learned (`limiter_exhaustion_events_total`).
     pub exhaustion_events: AtomicU64,
+    /// Quota threshold alerts by threshold (percent) since the agent started
+    /// (`limiter_quota_alerts_total{threshold}`).
+    quota_alerts: Mutex<std::collections::BTreeMap<u8, u64>>,
 }
 
 /// An interface the agent attached the program to.
@@ -84,7 +87,31 @@ impl AgentState {
             pin_path,
             resets: AtomicU64::new(0),
             exhaustion_events: AtomicU64::new(0),
+            quota_alerts: Mutex::default(),
         }
+    }
+
+    /// Counts one quota alert of `threshold` percent.
+    pub fn count_quota_alert(&self, threshold: u8) {
+        *self
+            .quota_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(threshold)
+            .or_default() += 1;
+    }
+
+    /// Quota alerts sent by threshold, the thresholds in force included (at 0 if none yet).
+    pub fn quota_alerts(&self) -> std::collections::BTreeMap<u8, u64> {
+        let mut counts = self
+            .quota_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for threshold in self.config().alerts.thresholds() {
+            counts.entry(threshold).or_default();
+        }
+        counts
     }
 
     /// The datapath, to read, for a blocking call (map walks are syscalls). Readers do not wait

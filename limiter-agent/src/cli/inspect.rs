@@ -87,7 +87,7 @@ pub fn quota_rows(quota: &QuotaInfo) -> Vec<(&'static str, String)> {
             quota
                 .exhausts_at
                 .clone()
-                .unwrap_or_else(|| "not this window (at its rate so far)".to_owned()),
+                .unwrap_or_else(|| "not this window (at its recent rate)".to_owned()),
         ),
     ]
 }

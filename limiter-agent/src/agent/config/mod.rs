@@ -50,6 +50,8 @@ pub struct Config {
     pub agent: AgentSection,
     #[serde(default)]
     pub alerts: Alerts,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// API keys: absent, requests are limited by their source only.
     pub http: Option<HttpSection>,
     #[serde(default)]
@@ -186,6 +188,73 @@ impl Serialize for NewKeys {
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
     pub webhook: Option<String>,
+    /// Percents of a key's quota that each raise one alert per key and window, in increasing
+    /// order (`[80, 90, 100]`); absent or empty: no threshold alerts.
+    pub thresholds: Option<toml::Spanned<Vec<i64>>>,
+}
+
+impl Alerts {
+    /// The quota thresholds in force, in percent (checked: 1–100, increasing).
+    pub fn thresholds(&self) -> Vec<u8> {
+        self.thresholds
+            .as_ref()
+            .map(|t| t.get_ref().iter().map(|&p| p as u8).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// `[metrics]`: what the Prometheus endpoint exports beyond the totals.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Keys exported one by one at most, per family (those nearest to or over their quota, those
+    /// with the most rejections): bounds the series a key label can make. 0: none.
+    #[serde(default = "default_top_keys", deserialize_with = "top_keys")]
+    pub top_keys: u32,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            top_keys: default_top_keys(),
+        }
+    }
+}
+
+/// `[metrics] top_keys` at most: a few hundred series per family stay cheap to scrape and store.
+pub const TOP_KEYS_AT_MOST: u32 = 100;
+
+fn default_top_keys() -> u32 {
+    10
+}
+
+fn top_keys<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let value = i64::deserialize(d)?;
+    u32::try_from(value)
+        .ok()
+        .filter(|v| *v <= TOP_KEYS_AT_MOST)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "top_keys must be between 0 (no per-key series) and {TOP_KEYS_AT_MOST}, not {value}"
+            ))
+        })
+}
+
+/// Why `[alerts] thresholds` cannot be used, if so: each a percent of the quota from 1 to 100,
+/// in increasing order without repeats.
+fn check_thresholds(thresholds: &[i64]) -> Result<(), String> {
+    if let Some(bad) = thresholds.iter().find(|p| !(1..=100).contains(*p)) {
+        return Err(format!(
+            "{bad} is not a percent of the quota from 1 to 100 (such as [80, 90, 100])"
+        ));
+    }
+    if let Some(pair) = thresholds.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(format!(
+            "{} after {}: give them in increasing order, each once (such as [80, 90, 100])",
+            pair[1], pair[0]
+        ));
+    }
+    Ok(())
 }
 
 fn default_rate() -> NonZeroU64 {
@@ -437,6 +506,14 @@ impl Config {
                 return Err(invalid(
                     line_of(text, "webhook"),
                     format!("[alerts] webhook: {why}"),
+                ));
+            }
+        }
+        if let Some(thresholds) = &self.alerts.thresholds {
+            if let Err(why) = check_thresholds(thresholds.get_ref()) {
+                return Err(invalid(
+                    line_at(text, thresholds.span().start),
+                    format!("[alerts] thresholds: {why}"),
                 ));
             }
         }
@@ -851,6 +928,50 @@ mod tests {
         );
         let err = invalid("[limits]\nrate = 5\n\n[alerts]\nwebhook = \"127.0.0.1:9000\"\n");
         assert!(err.contains("line 5") && err.contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn quota_thresholds_are_percents_in_increasing_order() {
+        let config = Config::parse("[alerts]\nthresholds = [50, 80, 100]\n", "t.toml").unwrap();
+        assert_eq!(config.alerts.thresholds(), [50, 80, 100]);
+        assert!(Config::load(None).unwrap().0.alerts.thresholds().is_empty());
+        let empty = Config::parse("[alerts]\nthresholds = []\n", "t.toml").unwrap();
+        assert!(empty.alerts.thresholds().is_empty());
+        let cases = [
+            ("[90, 80]", "80 after 90: give them in increasing order"),
+            ("[80, 80, 90]", "80 after 80"),
+            ("[0, 50]", "0 is not a percent of the quota from 1 to 100"),
+            ("[80, 101]", "101 is not a percent"),
+            ("[-5]", "-5 is not a percent"),
+            ("[\"80\"]", "invalid type"),
+        ];
+        for (value, what) in cases {
+            let err = invalid(&format!(
+                "[limits]\nrate = 10\n\n[alerts]\nthresholds = {value}\n"
+            ));
+            assert!(
+                err.contains("test.toml") && err.contains("line 5") && err.contains(what),
+                "{value}: expected line 5 and {what:?} in: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_keys_is_bounded() {
+        assert_eq!(Config::load(None).unwrap().0.metrics.top_keys, 10);
+        let config = Config::parse("[metrics]\ntop_keys = 0\n", "t.toml").unwrap();
+        assert_eq!(config.metrics.top_keys, 0);
+        for value in ["-1", "101", "\"ten\""] {
+            let err = invalid(&format!("[metrics]\ntop_keys = {value}\n"));
+            assert!(err.contains("line 2"), "{value}: {err}");
+        }
+        let err = invalid("[metrics]\ntop_keys = 1000\n");
+        assert!(
+            err.contains("between 0 (no per-key series) and 100"),
+            "{err}"
+        );
+        let err = invalid("[metrics]\ntop_key = 5\n");
+        assert!(err.contains("unknown field `top_key`"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,11 @@
 //! counts alerts this agent could not deliver since the previous POST that got through (queue
 //! full, or a batch given up) and `suppressed` the exhaustion events the datapath did not emit
 //! in that time (over its per-CPU bound, or with the ring buffer full).
+//!
+//! Quota alerts (`quota_alerts`) go to the same log, queue and webhook, as alerts of their own
+//! `"kind": "quota_threshold"`.
 
+mod quota_alerts;
 mod reader;
 mod webhook;
 
@@ -26,6 +30,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::Ebpf;
 use limiter_common::maps::{COUNTERS_MAP, EVENTS_MAP};
 use reader::Reader;
+pub use reader::LOG_LINES_PER_SEC;
 use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -78,14 +83,21 @@ impl Events {
         })
     }
 
-    /// Starts the reader, the webhook sender and the program log readers.
-    pub fn spawn(self, state: Arc<AgentState>) {
+    /// Starts the reader, the quota watcher (what it alerted kept in `state_dir`), the webhook
+    /// sender and the program log readers.
+    pub fn spawn(self, state: Arc<AgentState>, state_dir: &std::path::Path) -> anyhow::Result<()> {
         for logger in self.loggers {
             tokio::spawn(forward_program_log(logger));
         }
         let (queue, alerts) = mpsc::channel(QUEUE_CAPACITY);
         let (webhook_tx, webhook) = watch::channel(None);
         let undelivered = Arc::new(Undelivered::default());
+        quota_alerts::spawn(
+            Arc::clone(&state),
+            state_dir,
+            queue.clone(),
+            Arc::clone(&undelivered),
+        )?;
         let reader = Reader::new(
             state,
             self.counters,
@@ -95,6 +107,7 @@ impl Events {
         );
         tokio::spawn(reader.run(self.ring));
         tokio::spawn(send_alerts(alerts, undelivered, webhook));
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`LOG_LINES_PER_SEC`], then one summary line a second — and offers it to the webhook queue
 //! without ever waiting.
 
-use super::webhook::{Alert, Undelivered};
+use super::webhook::{Alert, ExhaustionAlert, Undelivered};
 use crate::agent::config::{rule_id, Config, WebhookUrl};
 use crate::agent::datapath::{monotonic_now_ns, CounterSums};
 use crate::agent::state::AgentState;
@@ -155,13 +155,13 @@ impl Reader {
         }
         if self.alerting {
             let at = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
-            let alert = Alert {
+            let alert = Alert::Exhausted(ExhaustionAlert {
                 key,
                 rule,
                 at: rfc3339(at),
                 interface: interface.to_owned(),
                 dry_run,
-            };
+            });
             if self.queue.try_send(alert).is_err() {
                 self.undelivered.dropped.fetch_add(1, Ordering::Relaxed);
                 self.queue_full += 1;

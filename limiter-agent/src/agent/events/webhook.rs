@@ -32,15 +32,52 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const ATTEMPTS: u32 = 4;
 /// The wait before the first retry; doubled for each further one.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// One alert as the webhook receives it.
+/// One alert as the webhook receives it: a key exhausted, or a key's quota use past a threshold
+/// (told apart by `"kind"`, which exhaustion alerts have always left out).
 #[derive(Debug, Serialize)]
-pub struct Alert {
+#[serde(untagged)]
+pub enum Alert {
+    Exhausted(ExhaustionAlert),
+    QuotaThreshold(QuotaAlert),
+}
+
+/// A key became exhausted.
+#[derive(Debug, Serialize)]
+pub struct ExhaustionAlert {
     pub key: String,
     pub rule: String,
     /// When the key's packet was refused (RFC 3339, UTC).
     pub at: String,
     pub interface: String,
     pub dry_run: bool,
+}
+
+/// An API key's use of its quota reached a threshold in this window: `{"kind":
+/// "quota_threshold", "key": "key:acme", "plan": "pro", "threshold": 90, "used": …, "limit": …,
+/// "period": "day", "resets_at": "…", "exhausts_at": … | null, "at": "…"}`.
+#[derive(Debug, Serialize)]
+pub struct QuotaAlert {
+    /// Always `"quota_threshold"`.
+    pub kind: &'static str,
+    /// `key:NAME`, or `key:FINGERPRINT` for a key not registered: never the token.
+    pub key: String,
+    /// Its plan; null for `[http]`'s default.
+    pub plan: Option<String>,
+    /// Percent of the quota.
+    pub threshold: u8,
+    pub used: u64,
+    pub limit: u64,
+    pub period: String,
+    /// When the window ends (RFC 3339, UTC).
+    pub resets_at: String,
+    /// When the key runs out at its recent rate; null when not this window.
+    pub exhausts_at: Option<String>,
+    /// When the agent saw the threshold reached.
+    pub at: String,
+}
+
+impl QuotaAlert {
+    pub const KIND: &'static str = "quota_threshold";
 }
 
 #[derive(Serialize)]
@@ -210,13 +247,27 @@ mod tests {
 
     #[test]
     fn a_payload_has_the_documented_shape() {
-        let alerts = [Alert {
-            key: "198.18.0.10/32".to_owned(),
-            rule: "default".to_owned(),
-            at: rfc3339(UNIX_EPOCH),
-            interface: "eth0".to_owned(),
-            dry_run: false,
-        }];
+        let alerts = [
+            Alert::Exhausted(ExhaustionAlert {
+                key: "198.18.0.10/32".to_owned(),
+                rule: "default".to_owned(),
+                at: rfc3339(UNIX_EPOCH),
+                interface: "eth0".to_owned(),
+                dry_run: false,
+            }),
+            Alert::QuotaThreshold(QuotaAlert {
+                kind: QuotaAlert::KIND,
+                key: "key:acme".to_owned(),
+                plan: None,
+                threshold: 90,
+                used: 90,
+                limit: 100,
+                period: "day".to_owned(),
+                resets_at: rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
+                exhausts_at: None,
+                at: rfc3339(UNIX_EPOCH),
+            }),
+        ];
         let json = serde_json::to_value(Payload {
             alerts: &alerts,
             dropped: 2,
@@ -226,6 +277,18 @@ mod tests {
         assert_eq!(json["alerts"][0]["key"], "198.18.0.10/32");
         assert_eq!(json["alerts"][0]["rule"], "default");
         assert_eq!(json["alerts"][0]["at"], "1970-01-01T00:00:00.000Z");
+        assert!(json["alerts"][0].get("kind").is_none(), "as it always was");
+        let quota = &json["alerts"][1];
+        assert_eq!(quota["kind"], "quota_threshold");
+        assert_eq!(quota["key"], "key:acme");
+        assert!(quota["plan"].is_null() && quota["exhausts_at"].is_null());
+        assert_eq!(
+            (quota["threshold"].as_u64(), quota["used"].as_u64()),
+            (Some(90), Some(90))
+        );
+        assert_eq!(quota["limit"].as_u64(), Some(100));
+        assert_eq!(quota["period"], "day");
+        assert_eq!(quota["resets_at"], "1970-01-02T00:00:00.000Z");
         assert_eq!(
             (json["dropped"].as_u64(), json["suppressed"].as_u64()),
             (Some(2), Some(3))
