@@ -32,6 +32,19 @@ pub fn limiter_bin() -> PathBuf {
     bin
 }
 
+/// Waits, if needed, so that the next `needed` of wall-clock time is in one calendar minute
+/// (UTC): tests of minute quotas count on one window.
+pub fn within_one_minute(needed: std::time::Duration) {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 60.0;
+    if into + needed.as_secs_f64() > 60.0 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(60.0 - into + 0.5));
+    }
+}
+
 /// Fails loudly when the tests cannot do what they need: they must never skip silently.
 pub fn require_root() {
     assert!(

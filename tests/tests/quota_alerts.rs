@@ -54,10 +54,7 @@ fn utc_secs() -> u64 {
 /// Waits, if needed, so that the next 40 seconds are in one minute: the test must not see the
 /// window roll over (which re-arms every threshold).
 fn early_in_a_minute() {
-    let into = utc_secs() % 60;
-    if into > 15 {
-        std::thread::sleep(Duration::from_secs(60 - into + 1));
-    }
+    limiter_tests::within_one_minute(Duration::from_secs(45));
 }
 
 /// The quota alerts the receiver got so far.

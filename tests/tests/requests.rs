@@ -596,14 +596,7 @@ fn a_key_over_its_quota_is_refused_until_its_window_ends() {
     // The quota clock two minutes behind UTC, so that it can be moved a minute on.
     let offset = limiter_tests::object::utc_offset_ns() - 120_000_000_000;
     // Not at a minute's last seconds: the test's requests all fall in one minute.
-    let into = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        % 60;
-    if into >= 57 {
-        std::thread::sleep(std::time::Duration::from_secs(61 - into));
-    }
+    limiter_tests::within_one_minute(std::time::Duration::from_secs(3));
     object.set_quota(0, 3, PERIOD_MINUTE, offset);
     let body = request("tok-Q");
     let key = api_key(hash(b"tok-Q"));
@@ -654,14 +647,7 @@ fn a_request_the_rate_refuses_leaves_the_quota_alone() {
     // API keys at 1/s, burst 2.
     let mut object = object(2);
     let offset = limiter_tests::object::utc_offset_ns();
-    let into = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        % 60;
-    if into >= 57 {
-        std::thread::sleep(std::time::Duration::from_secs(61 - into));
-    }
+    limiter_tests::within_one_minute(std::time::Duration::from_secs(3));
     object.set_quota(0, 5, PERIOD_MINUTE, offset);
     let body = request("tok-R");
     let hash = hash(b"tok-R");
@@ -691,14 +677,7 @@ fn a_top_up_lets_a_used_up_key_pass_that_many_more_in_its_window() {
     require_root();
     let mut object = object(1000);
     let offset = limiter_tests::object::utc_offset_ns() - 120_000_000_000;
-    let into = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        % 60;
-    if into >= 57 {
-        std::thread::sleep(std::time::Duration::from_secs(61 - into));
-    }
+    limiter_tests::within_one_minute(std::time::Duration::from_secs(3));
     object.set_quota(0, 2, PERIOD_MINUTE, offset);
     let minute = limiter_tests::object::quota_minute(offset);
     let body = request("tok-T");
