@@ -21,6 +21,8 @@ pub const RELOAD_PATH: &str = "/v1/reload";
 pub const OVERRIDES_PATH: &str = "/v1/overrides";
 /// Registered API keys: `POST` adds one, `DELETE ?name=` forgets one.
 pub const API_KEYS_PATH: &str = "/v1/api-keys";
+/// Usage history: `GET ?since_s=&by=&key=&top=`.
+pub const USAGE_PATH: &str = "/v1/usage";
 
 /// What a tracked key is kept for.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -409,6 +411,97 @@ pub struct OverrideQuery {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OverrideRemoved {
     pub removed: u64,
+}
+
+/// How long the usage history goes back.
+pub const USAGE_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// The periods usage is summed over.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageBy {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl UsageBy {
+    /// A period's length, seconds.
+    pub fn secs(self) -> u64 {
+        match self {
+            UsageBy::Minute => 60,
+            UsageBy::Hour => 3600,
+            UsageBy::Day => 86_400,
+        }
+    }
+
+    /// What a window of `since` is shown by unless told: at most a few dozen periods, or a
+    /// minute's detail for a short one.
+    pub fn default_for(since: std::time::Duration) -> UsageBy {
+        match since.as_secs() {
+            0..=10_800 => UsageBy::Minute,
+            10_801..=259_200 => UsageBy::Hour,
+            _ => UsageBy::Day,
+        }
+    }
+}
+
+impl fmt::Display for UsageBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UsageBy::Minute => "minute",
+            UsageBy::Hour => "hour",
+            UsageBy::Day => "day",
+        })
+    }
+}
+
+/// Query of `GET /v1/usage`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UsageQuery {
+    /// From this long ago until now, seconds (at most [`USAGE_KEPT`]).
+    pub since_s: u64,
+    /// Default: [`UsageBy::default_for`] the window.
+    pub by: Option<UsageBy>,
+    /// One KEY (a prefix selects every recorded key inside it); none: the totals over all keys
+    /// and the busiest keys.
+    pub key: Option<String>,
+    /// How many keys at most besides the totals (default 10).
+    pub top: Option<usize>,
+}
+
+/// What a usage series is of.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageKind {
+    /// Every key together (`"key": "all"`), whether its own rows are kept or not.
+    Total,
+    Source,
+    ApiKey,
+}
+
+/// One key's usage (or all keys'), period by period: `usage --json` is an array of these.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UsageSeries {
+    /// As the rest of the CLI names keys (`key:NAME`, `key:FINGERPRINT`, `198.18.0.10/32`), or
+    /// `all` for the totals.
+    pub key: String,
+    pub kind: UsageKind,
+    pub by: UsageBy,
+    /// Sums over the window.
+    pub passed: u64,
+    pub dropped: u64,
+    /// Every period of the window, oldest first (the last one is still going on).
+    pub points: Vec<UsagePoint>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UsagePoint {
+    /// The period's start (RFC 3339, UTC).
+    pub at: String,
+    pub passed: u64,
+    /// Dropped, or for an API key answered with 429.
+    pub dropped: u64,
 }
 
 /// `at` as RFC 3339 in UTC with milliseconds, as the API's and the webhook's times are:

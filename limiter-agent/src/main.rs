@@ -51,6 +51,8 @@ enum Command {
     Keys(cli::keys::KeysArgs),
     /// Live full-screen view of the busiest and most throttled keys, refreshing in place.
     Top(cli::top::TopArgs),
+    /// Passed and rejected per minute, hour or day, from the agent's usage history (7 days).
+    Usage(cli::usage::UsageArgs),
     /// Re-read the agent's config file (as SIGHUP does); a bad one is refused and the old kept.
     Reload(cli::ApiArgs),
     /// Override: never limit CIDR (above every config rule; --ttl to lapse by itself).
@@ -122,6 +124,7 @@ fn run_cli(command: Command) -> Result<(), Failure> {
             Command::Quota(args) => cli::quota::run(args).await,
             Command::Keys(args) => cli::keys::run(args).await,
             Command::Reload(args) => cli::reload::run(args).await,
+            Command::Usage(args) => cli::usage::run(args).await,
             Command::Top(args) => cli::top::run(args).await,
             Command::Allow(args) => cli::overrides::add(args, Action::Allow, None).await,
             Command::Deny(args) => cli::overrides::add(args, Action::Deny, None).await,

@@ -23,6 +23,7 @@ mod serve;
 mod server;
 mod state;
 mod turnover;
+mod usage;
 
 pub use attach::AttachMode;
 
@@ -212,6 +213,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     events.spawn(Arc::clone(&state), &args.state_dir)?;
     turnover::spawn(&args.pin_path, state.watch_config())?;
     tokio::spawn(link_watch::watch_links(Arc::clone(&state)));
+    let history = start_usage_history(&args.state_dir, &state).await;
     // Bound last: a connectable socket means the program is attached and every task has started
     // (tests rely on it).
     let listener = bind_api_socket(&args.api_socket)?;
@@ -238,8 +240,52 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         })
         .await;
     }
+    if let Some(history) = history {
+        // What came since the last sample too, when stopped in order.
+        let _ = tokio::task::spawn_blocking(move || {
+            let keep = state.config().usage.keys as usize;
+            history.record(&state.datapath(), keep, std::time::SystemTime::now());
+        })
+        .await;
+    }
     info!(pin_path = %args.pin_path.display(), "exiting; the program stays attached and its state pinned");
     Ok(())
+}
+
+/// Opens the usage history and takes its first sample (the baseline: traffic from then on is
+/// recorded, before the API answers), then records on; without it (the log says why) the agent
+/// runs all the same.
+async fn start_usage_history(
+    state_dir: &Path,
+    state: &Arc<AgentState>,
+) -> Option<Arc<usage::History>> {
+    let opened = {
+        let state_dir = state_dir.to_owned();
+        let state = Arc::clone(state);
+        tokio::task::spawn_blocking(move || {
+            let history = usage::History::open(&state_dir)?;
+            let keep = state.config().usage.keys as usize;
+            history.record(&state.datapath(), keep, std::time::SystemTime::now());
+            anyhow::Ok(history)
+        })
+        .await
+    };
+    match opened {
+        Ok(Ok(history)) => {
+            let history = Arc::new(history);
+            let _ = state.usage.set(Arc::clone(&history));
+            usage::spawn(Arc::clone(&history), Arc::clone(state));
+            Some(history)
+        }
+        Ok(Err(err)) => {
+            warn!("no usage history (`limiter usage`) this run: {err:#}");
+            None
+        }
+        Err(err) => {
+            warn!("no usage history (`limiter usage`) this run: {err}");
+            None
+        }
+    }
 }
 
 /// Refuses to start next to a live agent on the same socket.

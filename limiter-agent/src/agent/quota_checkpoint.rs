@@ -196,7 +196,8 @@ pub fn restore(datapath: &Datapath, saved: &Saved) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn aside_path(path: &Path) -> PathBuf {
+/// Where a state file that cannot be read is moved: `FILE.unreadable-<ms>`.
+pub(super) fn aside_path(path: &Path) -> PathBuf {
     let mut aside = path.as_os_str().to_owned();
     aside.push(format!(".unreadable-{}", now_ms()));
     PathBuf::from(aside)

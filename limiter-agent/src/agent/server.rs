@@ -61,6 +61,7 @@ pub fn router(state: Shared) -> Router {
                 .delete(remove_override),
         )
         .route(API_KEYS_PATH, post(add_api_key).delete(remove_api_key))
+        .route(USAGE_PATH, get(usage))
         .with_state(state)
 }
 
@@ -661,6 +662,46 @@ async fn remove_api_key(
             plan: removed.plan,
             fingerprint: super::api_keys::fingerprint(removed.hash),
         }))
+    })
+    .await
+}
+
+async fn usage(
+    State(state): State<Shared>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<Vec<UsageSeries>>, AgentError> {
+    use super::usage::Wanted;
+    let Query(query) = query?;
+    blocking(&state, move |state| {
+        let history = state.usage.get().ok_or_else(|| {
+            AgentError::internal(
+                "this agent keeps no usage history: it could not open it when it started (its \
+                 log says why)",
+            )
+        })?;
+        let api = state.datapath().api();
+        let wanted = match query.key.as_deref() {
+            None => None,
+            Some(text) => {
+                let selector = parse_selector(text, &api)?;
+                let wanted = match &selector {
+                    Selector::Source(prefix) => Wanted::Source(*prefix),
+                    Selector::ApiKey(_, hash) => Wanted::ApiKey(*hash),
+                    Selector::Fingerprint(start) => Wanted::Fingerprint(start.clone()),
+                };
+                Some((wanted, selector.to_string()))
+            }
+        };
+        let keep = state.config().usage.keys;
+        let series = super::usage::answer(
+            history.store(),
+            &api,
+            &query,
+            wanted,
+            keep,
+            std::time::SystemTime::now(),
+        )?;
+        Ok(Json(series))
     })
     .await
 }

@@ -34,6 +34,8 @@ pub struct AgentState {
     /// Quota threshold alerts by threshold (percent) since the agent started
     /// (`limiter_quota_alerts_total{threshold}`).
     quota_alerts: Mutex<std::collections::BTreeMap<u8, u64>>,
+    /// The usage history, once opened (not set when it cannot be).
+    pub usage: std::sync::OnceLock<Arc<super::usage::History>>,
 }
 
 /// An interface the agent attached the program to.
@@ -88,6 +90,7 @@ impl AgentState {
             resets: AtomicU64::new(0),
             exhaustion_events: AtomicU64::new(0),
             quota_alerts: Mutex::default(),
+            usage: std::sync::OnceLock::new(),
         }
     }
 

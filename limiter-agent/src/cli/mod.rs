@@ -11,6 +11,7 @@ pub mod reset;
 mod status;
 mod table;
 pub mod top;
+pub mod usage;
 
 use crate::api::{ErrorCode, DEFAULT_API_SOCKET};
 use crate::client::{ApiClient, ClientError};

@@ -2,10 +2,12 @@
 //! default.
 
 mod http;
+mod usage;
 mod webhook;
 
 pub use crate::api::Action;
 pub use http::{check_plan_name, HttpSection, Plan, Quota};
+pub use usage::UsageSection;
 pub use webhook::WebhookUrl;
 
 use limiter_common::bucket::{Limit, NANOS_PER_SEC};
@@ -56,6 +58,8 @@ pub struct Config {
     pub http: Option<HttpSection>,
     #[serde(default)]
     pub plans: Vec<toml::Spanned<Plan>>,
+    #[serde(default)]
+    pub usage: UsageSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -746,6 +750,22 @@ mod tests {
         let example = include_str!("../../../../dist/limiter.toml");
         let config = Config::parse(example, "dist/limiter.toml").unwrap();
         assert_eq!(config, Config::load(None).unwrap().0);
+    }
+
+    #[test]
+    fn usage_keys_are_checked() {
+        assert_eq!(Config::load(None).unwrap().0.usage.keys, 1000);
+        let config = Config::parse("[usage]\nkeys = 50\n", "test.toml").unwrap();
+        assert_eq!(config.usage.keys, 50);
+        for bad in ["0", "-1", "100001", "\"many\""] {
+            let message = invalid(&format!("[limits]\nrate = 5\n\n[usage]\nkeys = {bad}\n"));
+            assert!(message.contains("line 5"), "{bad}: {message}");
+            assert!(
+                message.contains("between 1 and 100000") || message.contains("expected i64"),
+                "{bad}: {message}"
+            );
+        }
+        assert!(invalid("[usage]\nkeep = 5\n").contains("unknown field `keep`"));
     }
 
     #[test]
