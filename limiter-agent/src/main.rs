@@ -67,6 +67,10 @@ enum Command {
     Detach(cli::detach::DetachArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+    /// For `cargo xtask bench`: write a synthetic usage history (days of minutes of many keys)
+    /// into a state directory that has none.
+    #[command(hide = true)]
+    UsageFill(agent::FillUsageArgs),
     /// Print the man page (roff), e.g. `limiter man > /usr/local/share/man/man1/limiter.1`.
     Man,
 }
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Detach(args) => cli::detach::run(args),
+        Command::UsageFill(args) => agent::fill_usage(&args).map_err(Failure::from),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -133,7 +138,11 @@ fn run_cli(command: Command) -> Result<(), Failure> {
                 cli::overrides::add(args.common, Action::Limit, Some(limit)).await
             }
             Command::Overrides(args) => cli::overrides::run(args).await,
-            Command::Agent(_) | Command::Detach(_) | Command::Completions { .. } | Command::Man => {
+            Command::Agent(_)
+            | Command::Detach(_)
+            | Command::UsageFill(_)
+            | Command::Completions { .. }
+            | Command::Man => {
                 unreachable!("handled in main")
             }
         }

@@ -338,18 +338,18 @@ fn fill(fd: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Counted {
-    secs: f64,
-    bytes: u64,
-    entries: u64,
-    max_rss_kb: u64,
+pub(crate) struct Counted {
+    pub(crate) secs: f64,
+    pub(crate) bytes: u64,
+    pub(crate) entries: u64,
+    pub(crate) max_rss_kb: u64,
     /// The output, when short (kept up to 64 kB).
-    output: Vec<u8>,
+    pub(crate) output: Vec<u8>,
 }
 
 /// Runs `argv`, reads its output as it comes, counting bytes and occurrences of `needle`;
 /// fails when it fails. Its wall time, and its peak memory while it wrote.
-fn run_counted(argv: &[String], needle: Option<&[u8]>) -> anyhow::Result<Counted> {
+pub(crate) fn run_counted(argv: &[String], needle: Option<&[u8]>) -> anyhow::Result<Counted> {
     let started = Instant::now();
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -431,7 +431,7 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn size_text(bytes: u64) -> String {
+pub(crate) fn size_text(bytes: u64) -> String {
     if bytes >= 1 << 20 {
         format!("{:.1} MB", bytes as f64 / f64::from(1 << 20))
     } else if bytes >= 1 << 10 {

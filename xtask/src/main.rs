@@ -5,6 +5,7 @@ mod bench_flood;
 mod bench_keys;
 mod bench_scale;
 mod bench_two_cpus;
+mod bench_usage;
 mod demo;
 mod install;
 mod setup;
@@ -48,7 +49,8 @@ enum Task {
     /// Benchmarks, written to BENCHMARKS.md with a chart (bench-flood.png): the per-packet cost
     /// of the XDP program against a bare XDP_DROP (BPF_PROG_TEST_RUN); flood throughput on a veth
     /// pair next to a bare XDP_DROP, nftables and iptables hashlimit; management with 1M keys
-    /// next to bpftool. Installs nftables, iptables, perf and bpftool when missing (needs root).
+    /// next to bpftool; `limiter usage` over 7 days of 10 000 keys. Installs nftables,
+    /// iptables, perf and bpftool when missing (needs root).
     Bench {
         /// A short run of every part (under two minutes).
         #[arg(long)]

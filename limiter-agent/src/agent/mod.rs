@@ -26,6 +26,7 @@ mod turnover;
 mod usage;
 
 pub use attach::AttachMode;
+pub use usage::{fill as fill_usage, FillArgs as FillUsageArgs};
 
 use crate::api::DEFAULT_API_SOCKET;
 use crate::object::map_names;

@@ -76,6 +76,8 @@ pub enum Part {
     Scale,
     /// A keyed flood against nginx: limiter, nginx limit_req, HAProxy.
     Keys,
+    /// `limiter usage` over 7 days of history of 10 000 keys.
+    Usage,
 }
 
 pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
@@ -128,6 +130,11 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
         bench::write_named_section(&path, crate::bench_keys::SECTION, &section)?;
         keys = Some(result);
     }
+    if wants(Part::Usage) {
+        let section = crate::bench_usage::run(quick)?;
+        println!("\n{section}");
+        bench::write_named_section(&path, crate::bench_usage::SECTION, &section)?;
+    }
     if only.is_none() {
         let section = aims(
             quick,
@@ -147,6 +154,7 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
             SECTION,
             crate::bench_keys::SECTION,
             crate::bench_scale::SECTION,
+            crate::bench_usage::SECTION,
         ],
     )?;
     println!(

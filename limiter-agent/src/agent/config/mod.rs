@@ -754,7 +754,7 @@ mod tests {
 
     #[test]
     fn usage_keys_are_checked() {
-        assert_eq!(Config::load(None).unwrap().0.usage.keys, 1000);
+        assert_eq!(Config::load(None).unwrap().0.usage.keys, 100);
         let config = Config::parse("[usage]\nkeys = 50\n", "test.toml").unwrap();
         assert_eq!(config.usage.keys, 50);
         for bad in ["0", "-1", "100001", "\"many\""] {

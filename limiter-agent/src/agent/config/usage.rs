@@ -24,7 +24,7 @@ impl Default for UsageSection {
 }
 
 fn default_keys() -> u32 {
-    1000
+    100
 }
 
 fn keys<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

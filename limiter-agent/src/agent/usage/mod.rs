@@ -11,8 +11,10 @@
 mod query;
 mod sampler;
 mod store;
+mod synthetic;
 
 pub use query::{answer, Wanted};
+pub use synthetic::{fill, FillArgs};
 
 use super::api_keys::fingerprint;
 use super::datapath::Datapath;

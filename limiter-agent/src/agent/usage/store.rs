@@ -228,6 +228,17 @@ impl Store {
         Ok(())
     }
 
+    /// Rows of minutes, rows of hours, and key names held.
+    pub fn sizes(&self) -> anyhow::Result<(u64, u64, u64)> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        Ok((
+            txn.open_table(MINUTES)?.len()?,
+            txn.open_table(HOURS)?.len()?,
+            txn.open_table(KEY_NAMES)?.len()?,
+        ))
+    }
+
     /// Every key with rows, by id.
     pub fn keys(&self) -> anyhow::Result<Vec<(u32, UsageKey)>> {
         let txn = self.db.begin_read()?;
