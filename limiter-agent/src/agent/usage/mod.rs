@@ -22,7 +22,6 @@ use limiter_common::charge;
 use limiter_common::key::Prefix;
 use limiter_common::maps::BucketKey;
 use sampler::{Minute, Sampler};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -154,17 +153,15 @@ impl History {
     /// Samples the counters and writes the minute, keeping its `keep` busiest keys. The first
     /// call takes the baseline and picks up the minute the store holds (after a restart).
     pub fn record(&self, datapath: &Datapath, keep: usize, now: SystemTime) {
-        let mut buckets = HashMap::new();
-        let read = datapath.for_each_bucket(|key, state| {
-            buckets.insert(
-                *key,
-                Counts {
-                    passed: state.passed,
-                    dropped: state.dropped,
-                },
-            );
-        });
         let mut recorder = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = Vec::with_capacity(recorder.sampler.keys() + 1024);
+        let read = datapath.for_each_bucket(|key, state| {
+            let counts = Counts {
+                passed: state.passed,
+                dropped: state.dropped,
+            };
+            buckets.push((*key, counts));
+        });
         if let Err(err) = read {
             recorder.failed(&format!("reading the counters: {err:#}"), now);
             return;

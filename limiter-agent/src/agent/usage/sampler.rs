@@ -11,34 +11,44 @@ use super::{Counts, UsageKey};
 use limiter_common::maps::BucketKey;
 use std::collections::HashMap;
 
-/// The previous sample.
+/// The previous sample, sorted by key: a million keys take 40 MB (a hash map would take twice
+/// that), and the next sample is matched against it in one pass.
 #[derive(Default)]
 pub struct Sampler {
-    previous: Option<HashMap<BucketKey, Counts>>,
+    previous: Option<Vec<(BucketKey, Counts)>>,
 }
 
 impl Sampler {
+    /// Keys in the previous sample.
+    pub fn keys(&self) -> usize {
+        self.previous.as_ref().map_or(0, Vec::len)
+    }
+
     /// What each key passed and had dropped since the previous sample, given every bucket's
     /// counters now; nothing on the first call.
-    pub fn deltas(&mut self, now: HashMap<BucketKey, Counts>) -> Vec<(BucketKey, Counts)> {
+    pub fn deltas(&mut self, mut now: Vec<(BucketKey, Counts)>) -> Vec<(BucketKey, Counts)> {
+        now.sort_unstable_by_key(|(key, _)| *key);
         let deltas = match &self.previous {
             None => Vec::new(),
-            Some(previous) => now
-                .iter()
-                .filter_map(|(key, counts)| {
-                    let delta = match previous.get(key) {
-                        Some(before)
-                            if counts.passed >= before.passed
-                                && counts.dropped >= before.dropped =>
-                        {
-                            *counts - *before
-                        }
-                        // New, or evicted and created again since.
-                        _ => *counts,
-                    };
-                    (!delta.is_zero()).then_some((*key, delta))
-                })
-                .collect(),
+            Some(previous) => {
+                let mut before = previous.iter().peekable();
+                now.iter()
+                    .filter_map(|(key, counts)| {
+                        while before.next_if(|(k, _)| k < key).is_some() {}
+                        let delta = match before.next_if(|(k, _)| k == key) {
+                            Some((_, before))
+                                if counts.passed >= before.passed
+                                    && counts.dropped >= before.dropped =>
+                            {
+                                *counts - *before
+                            }
+                            // New, or evicted and created again since.
+                            _ => *counts,
+                        };
+                        (!delta.is_zero()).then_some((*key, delta))
+                    })
+                    .collect()
+            }
         };
         self.previous = Some(now);
         deltas
@@ -113,28 +123,27 @@ mod tests {
         );
         let mut sampler = Sampler::default();
         // The baseline: what the counters held before the agent started is not this minute's.
-        let first = sampler.deltas(HashMap::from([(a, counts(100, 5)), (b, counts(7, 0))]));
+        let first = sampler.deltas(vec![(b, counts(7, 0)), (a, counts(100, 5))]);
         assert!(first.is_empty());
         // a counted on; b evicted and created again with less than before; c new.
-        let mut second = sampler.deltas(HashMap::from([
+        let second = sampler.deltas(vec![
+            (c, counts(4, 1)),
             (a, counts(130, 9)),
             (b, counts(2, 0)),
-            (c, counts(4, 1)),
-        ]));
-        second.sort();
+        ]);
         assert_eq!(
             second,
             [(a, counts(30, 4)), (b, counts(2, 0)), (c, counts(4, 1))]
         );
         // b vanished (evicted), then came back: its counters are all new.
-        assert_eq!(sampler.deltas(HashMap::from([(a, counts(130, 9))])), []);
+        assert_eq!(sampler.deltas(vec![(a, counts(130, 9))]), []);
         assert_eq!(
-            sampler.deltas(HashMap::from([(a, counts(130, 9)), (b, counts(3, 0))])),
+            sampler.deltas(vec![(a, counts(130, 9)), (b, counts(3, 0))]),
             [(b, counts(3, 0))]
         );
         // Passed went on while dropped went down: created again, all new.
         assert_eq!(
-            sampler.deltas(HashMap::from([(a, counts(131, 0)), (b, counts(3, 0))])),
+            sampler.deltas(vec![(a, counts(131, 0)), (b, counts(3, 0))]),
             [(a, counts(131, 0))]
         );
     }

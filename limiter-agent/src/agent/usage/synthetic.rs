@@ -92,7 +92,7 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
 
 /// Key `k`: even ones API keys (a hash of `k`), odd ones sources 198.18.x.y.
 fn bucket(k: u32) -> BucketKey {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let mut hash = u64::from(k).wrapping_add(0x9e37_79b9_7f4a_7c15);
         hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
