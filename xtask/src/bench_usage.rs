@@ -114,6 +114,12 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<String> {
             true,
         ),
         (
+            format!("`limiter usage --since {since} --by minute --json`"),
+            "the totals and the 10 busiest keys by minute: every minute row read",
+            cli(&["--since", &since, "--by", "minute", "--json"]),
+            true,
+        ),
+        (
             format!("`limiter usage {ONE_KEY} --since {since} --by minute --json`"),
             "one key, every minute",
             cli(&[ONE_KEY, "--since", &since, "--by", "minute", "--json"]),

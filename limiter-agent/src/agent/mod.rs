@@ -1,7 +1,7 @@
 //! `limiter agent`: loads and attaches the XDP program, applies the configuration, serves the
 //! API, and leaves the program attached with its state pinned when it exits.
 //!
-//! Inside, modules depend one way: the tasks (`server`, `metrics`, `events`, `expiry`,
+//! Inside, modules depend one way: the tasks (`server`, `metrics`, `events`, `expiry`, `usage`,
 //! `turnover`) → `state` (what they share) → `datapath` (the kernel's maps) → `overrides`,
 //! `config` → `limiter-common`.
 

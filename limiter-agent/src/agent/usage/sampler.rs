@@ -9,7 +9,8 @@
 
 use super::{Counts, UsageKey};
 use limiter_common::maps::BucketKey;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 /// The previous sample, sorted by key: a million keys take 40 MB (a hash map would take twice
 /// that), and the next sample is matched against it in one pass.
@@ -86,18 +87,24 @@ impl Minute {
         }
     }
 
-    /// The `keep` busiest keys of the minute (passed and dropped together), busiest first.
+    /// The `keep` busiest keys of the minute (passed and dropped together; on a tie the first
+    /// in key order), busiest first. Kept in a heap of `keep`: a flood of a million keys in a
+    /// minute costs no list of them all.
     pub fn busiest(&self, keep: usize) -> Vec<(UsageKey, Counts)> {
-        let mut keys: Vec<_> = self.keys.iter().map(|(k, c)| (*k, *c)).collect();
-        let order = |a: &(UsageKey, Counts), b: &(UsageKey, Counts)| {
-            b.1.sum().cmp(&a.1.sum()).then(a.0.cmp(&b.0))
-        };
-        if keep < keys.len() {
-            keys.select_nth_unstable_by(keep, order);
-            keys.truncate(keep);
+        // The least busy kept so far on top, to be pushed out by a busier one.
+        let mut heap = BinaryHeap::with_capacity(keep + 1);
+        for (key, counts) in &self.keys {
+            heap.push(Reverse((counts.sum(), Reverse(*key), *counts)));
+            if heap.len() > keep {
+                heap.pop();
+            }
         }
-        keys.sort_unstable_by(order);
-        keys
+        let mut kept: Vec<_> = heap
+            .into_iter()
+            .map(|Reverse((_, Reverse(key), counts))| (key, counts))
+            .collect();
+        kept.sort_unstable_by(|a, b| b.1.sum().cmp(&a.1.sum()).then(a.0.cmp(&b.0)));
+        kept
     }
 }
 
@@ -173,5 +180,19 @@ mod tests {
             ]
         );
         assert_eq!(minute.busiest(10).len(), 3);
+        // A tie goes to the first in key order.
+        minute.add(&[(quiet, counts(7, 0))]);
+        let names: Vec<_> = minute
+            .busiest(2)
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(names, ["198.18.0.3/32", "198.18.0.1/32"]);
+        let names: Vec<_> = minute
+            .busiest(3)
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(names, ["198.18.0.3/32", "198.18.0.1/32", "198.18.0.2/32"]);
     }
 }
