@@ -2,7 +2,9 @@
 //!
 //! Minutes come from the minute rows; hours from the hour rows, and days from the hours of each
 //! day, so that 7 days of thousands of keys is a read of at most 169 rows per key. The busiest
-//! keys of a window are ranked by their sums over it at the resolution asked.
+//! keys of a window are ranked by their sums over it: from the rows asked for, except minutes
+//! over more than a day, ranked by the hours they fall in (the same sums, give or take the
+//! minutes of the window's first and last hour) — a tenth of the rows to read.
 
 use super::store::{Store, Table, TOTAL};
 use super::{Counts, UsageKey, KEPT};
@@ -16,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Keys shown besides the totals unless told, and at most.
 const TOP_DEFAULT: usize = 10;
 const TOP_AT_MOST: usize = 1000;
+/// Windows of minutes up to this long are ranked by their minute rows; longer ones by hours.
+const RANK_MINUTES_UP_TO: u32 = 24 * 60;
 
 /// The keys a KEY selects among those recorded.
 #[derive(Clone, Debug)]
@@ -175,8 +179,12 @@ impl Window {
         (first as u32, last.min(u64::from(u32::MAX)) as u32)
     }
 
+    /// Every key's sums over the window, to rank them (see the module's doc).
     fn sums(&self, store: &Store) -> anyhow::Result<HashMap<u32, Counts>> {
         let (first, last) = self.rows();
+        if self.table == Table::Minutes && last - first > RANK_MINUTES_UP_TO {
+            return store.sums(Table::Hours, first / 60, last / 60);
+        }
         store.sums(self.table, first, last)
     }
 
@@ -234,6 +242,94 @@ mod tests {
         assert_eq!(u64::from(first) * 3600 % 86_400, 0);
         assert_eq!((u64::from(last) + 1) * 3600 % 86_400, 0);
         assert_eq!(last - first + 1, 8 * 24);
+    }
+
+    #[test]
+    fn the_busiest_keys_of_a_window_come_with_the_totals_and_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now_minute: u32 = 29_000_000;
+        let early = UsageKey::parse("198.18.0.1/32").unwrap();
+        let late = UsageKey::parse("key:00000000000000ab").unwrap();
+        let counts = |passed, dropped| Counts { passed, dropped };
+        // Two days ago `early` was busy for an hour; in the last minutes `late` a little.
+        for minute in now_minute - 2880..now_minute - 2820 {
+            store
+                .write_minute(
+                    minute,
+                    counts(10, 1),
+                    &[(early, counts(10, 1))],
+                    &HashMap::new(),
+                )
+                .unwrap();
+        }
+        for minute in now_minute - 5..=now_minute {
+            store
+                .write_minute(
+                    minute,
+                    counts(2, 3),
+                    &[(late, counts(2, 3))],
+                    &HashMap::new(),
+                )
+                .unwrap();
+        }
+        let now = UNIX_EPOCH + Duration::from_secs(u64::from(now_minute) * 60 + 30);
+        let ask = |since_s: u64, by: Option<UsageBy>, top: usize| {
+            let query = UsageQuery {
+                since_s,
+                by,
+                key: None,
+                top: Some(top),
+            };
+            answer(&store, &ApiView::default(), &query, None, 100, now).unwrap()
+        };
+        // Three days by minute (ranked by hours): the totals, then `early` before `late`.
+        let series = ask(3 * 86_400, Some(UsageBy::Minute), 10);
+        let keys: Vec<_> = series
+            .iter()
+            .map(|s| (s.key.as_str(), s.passed, s.dropped))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("all", 612, 78),
+                ("198.18.0.1/32", 600, 60),
+                ("key:00000000000000ab", 12, 18)
+            ]
+        );
+        assert_eq!(series[0].points.len(), 3 * 1440 + 1);
+        assert_eq!(series[0].kind, UsageKind::Total);
+        // By day: the same sums.
+        let by_day = ask(3 * 86_400, Some(UsageBy::Day), 1);
+        assert_eq!(by_day[0].points.len(), 4);
+        assert_eq!(
+            (by_day[1].key.as_str(), by_day[1].passed),
+            ("198.18.0.1/32", 600)
+        );
+        // The last 10 minutes: only `late` (an hour's rows would have counted `early` nowhere
+        // either, but a minute's window is ranked by minutes).
+        let recent = ask(600, None, 10);
+        assert_eq!(recent[0].by, UsageBy::Minute);
+        let keys: Vec<_> = recent.iter().map(|s| (s.key.as_str(), s.passed)).collect();
+        assert_eq!(keys, [("all", 12), ("key:00000000000000ab", 12)]);
+        // A KEY nothing is recorded of.
+        let query = UsageQuery {
+            since_s: 600,
+            by: None,
+            key: None,
+            top: None,
+        };
+        let wanted = Some((
+            Wanted::Source("198.18.9.9".parse().unwrap()),
+            "198.18.9.9/32".into(),
+        ));
+        let err = answer(&store, &ApiView::default(), &query, wanted, 100, now).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotTracked);
+        assert!(
+            err.message.contains("no usage of 198.18.9.9/32"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
