@@ -115,7 +115,7 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<String> {
         ),
         (
             format!("`limiter usage --since {since} --by minute --json`"),
-            "the totals and the 10 busiest keys by minute: every minute row read",
+            "the totals and the 10 busiest keys by minute, 10 081 points each",
             cli(&["--since", &since, "--by", "minute", "--json"]),
             true,
         ),
