@@ -170,8 +170,9 @@ impl History {
         self.record_deltas(&mut recorder, &deltas, keep, now);
     }
 
-    /// Adds `deltas` to the minute of `now` and writes it (the minute before first, when `now`
-    /// is in a new one).
+    /// Adds `deltas` to the minute of `now` and writes it. A new minute starts from nothing
+    /// (the one before was written with its last sample), and is the moment to prune; a failure
+    /// is said, and what could be kept is kept for the next write.
     fn record_deltas(
         &self,
         recorder: &mut Recorder,
@@ -180,41 +181,37 @@ impl History {
         now: SystemTime,
     ) {
         let index = minute_of(now);
-        let result = (|| -> anyhow::Result<()> {
-            let minute = match recorder.minute.take() {
-                Some(minute) if minute.index == index => minute,
-                Some(done) => {
-                    // Its last sample went in with the write before; it is pruned from now.
-                    drop(done);
-                    self.store.prune(index)?;
-                    Minute::new(index)
+        let mut failure = None;
+        let minute = match recorder.minute.take() {
+            Some(minute) if minute.index == index => minute,
+            before => {
+                failure = self.store.prune(index).err();
+                match before {
+                    Some(_) => Minute::new(index),
+                    // The first sample: after a restart the store may hold this minute already.
+                    None => self.resume(index).unwrap_or_else(|err| {
+                        failure.get_or_insert(err);
+                        Minute::new(index)
+                    }),
                 }
-                None => {
-                    self.store.prune(index)?;
-                    self.resume(index)?
-                }
-            };
-            let minute = recorder.minute.insert(minute);
-            minute.add(deltas);
-            minute.written = self.store.write_minute(
-                index,
-                minute.total,
-                &minute.busiest(keep),
-                &minute.written,
-            )?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
+            }
+        };
+        let minute = recorder.minute.insert(minute);
+        minute.add(deltas);
+        match self
+            .store
+            .write_minute(index, minute.total, &minute.busiest(keep), &minute.written)
+        {
+            Ok(written) => minute.written = written,
+            Err(err) => failure = Some(err),
+        }
+        match failure {
+            None => {
                 if recorder.failing_since.take().is_some() {
                     info!("the usage history is written again");
                 }
             }
-            Err(err) => recorder.failed(&format!("writing the usage history: {err:#}"), now),
-        }
-        if recorder.minute.is_none() {
-            // What could not be read back is started afresh.
-            recorder.minute = Some(Minute::new(index));
+            Some(err) => recorder.failed(&format!("writing the usage history: {err:#}"), now),
         }
     }
 
