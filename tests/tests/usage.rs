@@ -295,6 +295,73 @@ fn a_history_that_cannot_be_read_is_moved_aside_and_the_agent_runs_on() {
     }
 }
 
+/// `chattr` on the history: while the file is immutable every write to it fails (as on a full
+/// disk), even through the agent's open descriptor.
+fn immutable(path: &std::path::Path, on: bool) {
+    let out = std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .output()
+        .expect("running chattr");
+    assert!(
+        out.status.success(),
+        "chattr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_history_that_cannot_be_written_is_said_once_and_enforcement_goes_on() {
+    let bed = bed();
+    bed.requests(0, ACME_TOKEN, 1);
+    bed.usage_matching_kernel(&bed.net.client_addrs[0].to_string());
+    let path = bed.agent.state_dir().join("usage.redb");
+    immutable(&path, true);
+    let failing = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("writing the usage history"))
+            .count()
+    };
+    let statuses = bed.requests(0, ACME_TOKEN, 6);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failing(&bed.agent.log()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failure said:\n{}",
+            bed.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Several samples later, still said once; the kernel went on limiting.
+    std::thread::sleep(Duration::from_secs(11));
+    immutable(&path, false);
+    assert_eq!(failing(&bed.agent.log()), 1, "{}", bed.agent.log());
+    assert!(
+        count(&statuses, 200) <= 3,
+        "at most the burst: {statuses:?}"
+    );
+    assert!(
+        count(&statuses, 429) >= 3,
+        "the rest answered 429: {statuses:?}"
+    );
+    // Writable again: the file is opened again and the history goes on.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !bed
+        .agent
+        .log()
+        .contains("the usage history is written again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never written again:\n{}",
+            bed.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bed.requests(1, STRANGER_TOKEN, 1);
+    bed.usage_matching_kernel(&bed.net.client_addrs[1].to_string());
+}
+
 #[test]
 fn bad_usage_input_is_refused_with_a_clear_error() {
     let bed = bed();

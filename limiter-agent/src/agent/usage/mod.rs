@@ -34,6 +34,9 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the history goes back.
 pub const KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 const KEPT_MINUTES: u32 = (KEPT.as_secs() / 60) as u32;
+/// While writes fail, the file is opened again this often (redb wants that after an I/O
+/// error; opening a large file that needs a repair costs a read of it).
+const REOPEN_EVERY: Duration = Duration::from_secs(30);
 
 /// Passed and dropped, of a key or of all keys, over some time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,6 +138,8 @@ struct Recorder {
     minute: Option<Minute>,
     /// When writing last failed and was said (said once a minute at most while it lasts).
     failing_since: Option<SystemTime>,
+    /// When the file was last opened again after a failure (see `Store::reopen`).
+    reopened_at: Option<SystemTime>,
 }
 
 impl History {
@@ -146,6 +151,7 @@ impl History {
                 sampler: Sampler::default(),
                 minute: None,
                 failing_since: None,
+                reopened_at: None,
             }),
         })
     }
@@ -181,6 +187,15 @@ impl History {
         now: SystemTime,
     ) {
         let index = minute_of(now);
+        let reopen_due = recorder
+            .reopened_at
+            .is_none_or(|at| now.duration_since(at).unwrap_or_default() >= REOPEN_EVERY);
+        if recorder.failing_since.is_some() && reopen_due {
+            recorder.reopened_at = Some(now);
+            if let Err(err) = self.store.reopen() {
+                recorder.failed(&format!("opening the usage history again: {err:#}"), now);
+            }
+        }
         let mut failure = None;
         let minute = match recorder.minute.take() {
             Some(minute) if minute.index == index => minute,
@@ -295,6 +310,7 @@ mod tests {
             sampler: Sampler::default(),
             minute: None,
             failing_since: None,
+            reopened_at: None,
         }
     }
 

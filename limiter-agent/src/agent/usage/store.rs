@@ -16,6 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use tracing::warn;
 
 /// The file in the state directory.
@@ -29,6 +30,8 @@ const KEY_IDS: TableDefinition<&str, u32> = TableDefinition::new("key_ids");
 const KEY_NAMES: TableDefinition<u32, (&str, u32)> = TableDefinition::new("key_names");
 /// `next_key_id`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const CLOSED: &str = "the usage history is closed after an I/O error (it is opened again)";
 
 /// The id of the totals over all keys; keys' ids start after it.
 pub const TOTAL: u32 = 0;
@@ -58,7 +61,9 @@ pub struct MinuteRows {
 
 /// The history file.
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    /// None between closing and opening again (see [`Store::reopen`]).
+    db: RwLock<Option<Database>>,
 }
 
 impl Store {
@@ -107,12 +112,34 @@ impl Store {
             txn.open_table(META)?.get("next_key_id")?;
         }
         txn.commit()?;
-        Ok(Store { db })
+        Ok(Store {
+            path: path.to_owned(),
+            db: RwLock::new(Some(db)),
+        })
+    }
+
+    /// Closes the file and opens it again: after an I/O error (a full disk) redb refuses every
+    /// transaction until then. Not moved aside when it fails: it was readable before.
+    pub fn reopen(&self) -> anyhow::Result<()> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        *db = None;
+        *db = Some(Database::create(&self.path)?);
+        Ok(())
+    }
+
+    fn begin_read(&self) -> anyhow::Result<redb::ReadTransaction> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        Ok(db.as_ref().context(CLOSED)?.begin_read()?)
+    }
+
+    fn begin_write(&self) -> anyhow::Result<redb::WriteTransaction> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        Ok(db.as_ref().context(CLOSED)?.begin_write()?)
     }
 
     /// The rows of `minute` as written: by id, the keys' with their names.
     pub fn minute_rows(&self, minute: u32) -> anyhow::Result<MinuteRows> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let minutes = txn.open_table(MINUTES)?;
         let names = txn.open_table(KEY_NAMES)?;
         let mut total = Counts::default();
@@ -144,7 +171,7 @@ impl Store {
         before: &HashMap<u32, Counts>,
     ) -> anyhow::Result<HashMap<u32, Counts>> {
         let hour = minute / 60;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let mut now = HashMap::with_capacity(keys.len() + 1);
         now.insert(TOTAL, total);
         {
@@ -208,7 +235,7 @@ impl Store {
     pub fn prune(&self, minute: u32) -> anyhow::Result<()> {
         let oldest_minute = minute.saturating_sub(KEPT_MINUTES);
         let oldest_hour = oldest_minute / 60;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut minutes = txn.open_table(MINUTES)?;
             minutes.retain_in(..(oldest_minute, 0), |_, _| false)?;
@@ -231,7 +258,7 @@ impl Store {
     /// Rows of minutes, rows of hours, and key names held.
     pub fn sizes(&self) -> anyhow::Result<(u64, u64, u64)> {
         use redb::ReadableTableMetadata;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok((
             txn.open_table(MINUTES)?.len()?,
             txn.open_table(HOURS)?.len()?,
@@ -241,7 +268,7 @@ impl Store {
 
     /// Every key with rows, by id.
     pub fn keys(&self) -> anyhow::Result<Vec<(u32, UsageKey)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let names = txn.open_table(KEY_NAMES)?;
         let mut keys = Vec::new();
         for row in names.iter()? {
@@ -262,7 +289,7 @@ impl Store {
         from: u32,
         to: u32,
     ) -> anyhow::Result<Vec<(u32, Counts)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(table.definition())?;
         let mut rows = Vec::new();
         for period in from..=to {
@@ -275,7 +302,7 @@ impl Store {
 
     /// Every key's sum over periods `from..=to` of `table` (not the totals), by id.
     pub fn sums(&self, table: Table, from: u32, to: u32) -> anyhow::Result<HashMap<u32, Counts>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(table.definition())?;
         let mut sums: HashMap<u32, Counts> = HashMap::new();
         for row in table.range((from, 0)..=(to, u32::MAX))? {

@@ -44,6 +44,7 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
         sampler: Default::default(),
         minute: None,
         failing_since: None,
+        reopened_at: None,
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
