@@ -531,8 +531,11 @@ pub(crate) fn report(quick: bool, machine: &bench::Machine, result: &ScaleResult
     let _ = writeln!(
         out,
         "\n**Memory.** The agent's resident memory: {:.0} MB with the keys loaded, {:.0} MB \
-         after the rounds, {:.0} MB at its peak (VmHWM) — what serving a full list costs it. \
-         The kernel's bucket map: {} bytes for {} entries (`bpftool map show`: the memory the \
+         after the rounds, {:.0} MB at its peak (VmHWM): serving a full list, and the usage \
+         history, which every 5 s compares every tracked key's counters with the sample before \
+         (40 bytes a key kept, twice that while it samples) and holds the current minute's \
+         counts of every key with traffic in it (here all of them: about 100 bytes a key) to \
+         keep its busiest. The kernel's bucket map: {} bytes for {} entries (`bpftool map show`: the memory the \
          kernel charges for it, preallocated in full), {per_key:.0} bytes per key — the key \
          ({} bytes) and value ({} bytes) make {} bytes, and the LRU hash's element header, \
          its bucket array and the per-CPU free lists make the rest.",
