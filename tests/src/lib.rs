@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod netns;
 pub mod object;
 pub mod prometheus;
+pub mod redis;
 pub mod traffic;
 pub mod webhook;
 

@@ -94,13 +94,15 @@ fn debian_packages(llvm: u32) -> Vec<String> {
         "libzstd-dev".into(),
         "zlib1g-dev".into(),
         // The tests: namespaces and veth (ip), `limiter top` driven in a terminal (tmux), a
-        // real gateway and HTTP client for API keys (nginx, curl), and a real Prometheus that
-        // runs every query of the Grafana dashboard (tests/tests/dashboard.rs).
+        // real gateway and HTTP client for API keys (nginx, curl), a real Prometheus that runs
+        // every query of the Grafana dashboard (tests/tests/dashboard.rs), and the fleet's
+        // shared state (redis-server).
         "iproute2".into(),
         "tmux".into(),
         "nginx-light".into(),
         "curl".into(),
         "prometheus".into(),
+        "redis-server".into(),
     ]
 }
 

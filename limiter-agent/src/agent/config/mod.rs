@@ -1,6 +1,7 @@
 //! The agent's TOML configuration: parsing, validation with file and line, and the embedded
 //! default.
 
+pub mod fleet;
 mod http;
 mod usage;
 mod webhook;
