@@ -66,6 +66,15 @@ pub const EGRESS_PROG: &str = "limiter_egress";
 /// datapath increments at the same moment left intact — a write of the whole map value from
 /// userspace would lose those increments.
 pub const RESET_PROG: &str = "limiter_reset";
+/// Name of the XDP program the agent runs through `BPF_PROG_TEST_RUN` to move one API key's
+/// quota count ([`QuotaAdjust`]): in the kernel, with a compare-and-swap, so that requests the
+/// datapath counts at the same moment stay counted (fleet leases).
+pub const QUOTA_ADJUST_PROG: &str = "limiter_quota_adjust";
+/// `QUOTA_ADJUST_PROG`'s answers: moved; the count is of a later window (left alone); the
+/// compare-and-swap lost every attempt to the datapath (try again).
+pub const ADJUST_DONE: u32 = 2; // XDP_PASS
+pub const ADJUST_LATER_WINDOW: u32 = 1; // XDP_DROP
+pub const ADJUST_BUSY: u32 = 3; // XDP_TX
 
 /// Address family of a key: IPv4.
 pub const FAMILY_IPV4: u8 = 4;
@@ -294,6 +303,17 @@ pub struct BucketKey {
 pub struct ResetRequest {
     pub key: BucketKey,
     pub tat_at_most: u64,
+}
+
+/// What the agent hands the quota-adjust program (`QUOTA_ADJUST_PROG`) as packet data: move
+/// the count of the API key of token hash `hash` in window `tag` by `delta` requests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaAdjust {
+    pub hash: u64,
+    pub delta: i64,
+    pub tag: u32,
+    pub _pad: u32,
 }
 
 /// One key's bucket and counters (40 bytes).

@@ -190,6 +190,29 @@ pub fn month_clock(utc_secs: u64, utc_offset_ns: u64) -> crate::maps::QuotaClock
     }
 }
 
+/// A key's count `word` moved by `delta` requests in window `tag` (used kept within 0 and
+/// `u32::MAX`): a count of an earlier window starts as `tag`'s from zero; one of a later window
+/// (or of another period's) is not moved (`None`).
+pub const fn adjusted(word: u64, tag: u32, delta: i64) -> Option<u64> {
+    let usage = Usage::from_word(word);
+    let used = if usage.tag == tag {
+        usage.used as i64
+    } else if same_period(usage.tag, tag) && usage.tag > tag {
+        return None;
+    } else {
+        0
+    };
+    let moved = used.saturating_add(delta);
+    let moved = if moved < 0 {
+        0
+    } else if moved > u32::MAX as i64 {
+        u32::MAX
+    } else {
+        moved as u32
+    };
+    Some(Usage { tag, used: moved }.word())
+}
+
 /// What the datapath's quota check answers, as one word (a BPF-to-BPF call returns one
 /// register): 0 — the key has no quota (or the map could not track it); [`TAKEN`] with the tag
 /// of the window the request was counted in — within the quota, counted; anything else — over
@@ -375,6 +398,50 @@ mod tests {
         );
         // The clock stepped back a window: charged to the spent one, refused.
         assert_eq!(take(word, 9, 3), Take::Over);
+    }
+
+    #[test]
+    fn a_count_moves_within_its_window_and_bounds() {
+        let word = Usage { tag: 10, used: 7 }.word();
+        assert_eq!(
+            adjusted(word, 10, 5),
+            Some(Usage { tag: 10, used: 12 }.word())
+        );
+        assert_eq!(
+            adjusted(word, 10, -9),
+            Some(Usage { tag: 10, used: 0 }.word())
+        );
+        assert_eq!(
+            adjusted(word, 11, 3),
+            Some(Usage { tag: 11, used: 3 }.word())
+        );
+        assert_eq!(
+            adjusted(word, 11, -3),
+            Some(Usage { tag: 11, used: 0 }.word())
+        );
+        assert_eq!(
+            adjusted(word, 9, 3),
+            None,
+            "a later window's count is left alone"
+        );
+        assert_eq!(
+            adjusted(
+                Usage {
+                    tag: 10,
+                    used: u32::MAX - 1
+                }
+                .word(),
+                10,
+                5
+            ),
+            Some(
+                Usage {
+                    tag: 10,
+                    used: u32::MAX
+                }
+                .word()
+            )
+        );
     }
 
     #[test]

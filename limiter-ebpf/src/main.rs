@@ -33,9 +33,10 @@ use limiter_common::{
     bucket::FULL_BUCKET_TAT,
     charge::{self, words_to_bytes, RuleAction},
     maps::{
-        Counter, DatapathConfig, ResetRequest, RuleEntry, BUCKET_EXHAUSTED_NOTIFIED,
-        CONFIG_DRY_RUN, CONFIG_HTTP,
+        Counter, DatapathConfig, QuotaAdjust, ResetRequest, RuleEntry, ADJUST_BUSY, ADJUST_DONE,
+        ADJUST_LATER_WINDOW, BUCKET_EXHAUSTED_NOTIFIED, CONFIG_DRY_RUN, CONFIG_HTTP,
     },
+    quota::adjusted,
 };
 use maps::{BUCKETS, CONFIG, OVERRIDES_V4, OVERRIDES_V6, RULES_V4, RULES_V6};
 use parse::{Parsed, Source};
@@ -164,6 +165,34 @@ pub fn limiter_reset(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_PASS
+}
+
+/// Moves one API key's quota count by a signed number of requests, in the window the request
+/// names (fleet mode: a host's count made to say what its lease leaves it). Run by the agent
+/// through `BPF_PROG_TEST_RUN` with a `QuotaAdjust` as packet data; a compare-and-swap, so that
+/// requests the datapath counts at the same moment stay counted. Answers `ADJUST_*`.
+#[xdp]
+pub fn limiter_quota_adjust(ctx: XdpContext) -> u32 {
+    let Some(request) = parse::ptr_at::<QuotaAdjust>(&ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: `ptr_at` checked the request is inside the packet; copied for the map helpers.
+    let request = unsafe { request.read_unaligned() };
+    let Some(word) = quota::usage_word(&request.hash) else {
+        return ADJUST_BUSY;
+    };
+    let mut current = word.load();
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(next) = adjusted(current, request.tag, request.delta) else {
+            return ADJUST_LATER_WINDOW;
+        };
+        let (seen, swapped) = word.compare_exchange(current, next);
+        if swapped {
+            return ADJUST_DONE;
+        }
+        current = seen;
+    }
+    ADJUST_BUSY
 }
 
 /// The rule in force for the source (see `limiter_common::charge::find_rule`), looked up in the

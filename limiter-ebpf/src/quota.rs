@@ -102,7 +102,7 @@ fn top_up(key: &u64) -> u64 {
 
 /// The key's quota word, created (zero: nothing used) on its first request.
 #[inline(always)]
-fn usage_word(key: &u64) -> Option<Word> {
+pub fn usage_word(key: &u64) -> Option<Word> {
     let ptr = match QUOTAS.get_ptr_mut(key) {
         Some(ptr) => ptr,
         None => {

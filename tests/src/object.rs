@@ -255,6 +255,40 @@ impl XdpObject {
         Some(limiter_common::quota::Usage::from_word(word))
     }
 
+    /// Moves the quota count of the API key of token hash `hash` in window `tag` by `delta`
+    /// through the quota-adjust program, as the fleet's agent does: its answer (`ADJUST_*`).
+    pub fn adjust_quota(&mut self, hash: u64, tag: u32, delta: i64) -> u32 {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(limiter_common::maps::QUOTA_ADJUST_PROG)
+            .expect("the quota-adjust program")
+            .try_into()
+            .expect("an XDP program");
+        if program.fd().is_err() {
+            program.load().expect("loading the quota-adjust program");
+        }
+        let request = limiter_common::maps::QuotaAdjust {
+            hash,
+            delta,
+            tag,
+            _pad: 0,
+        };
+        // SAFETY: a plain repr(C) struct without padding, read as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&request as *const limiter_common::maps::QuotaAdjust).cast::<u8>(),
+                std::mem::size_of_val(&request),
+            )
+        };
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(bytes),
+                ..TestRunOptions::new()
+            })
+            .expect("running the quota-adjust program")
+            .return_value
+    }
+
     /// Tops up the quota of the API key of token hash `hash` by `added` for the minute window
     /// `tag` (as `limiter quota KEY --add` does).
     pub fn set_top_up(&mut self, hash: u64, tag: u32, added: u32) {

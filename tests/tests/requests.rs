@@ -802,3 +802,43 @@ fn two_cpus_across_a_minutes_end_pass_exactly_the_quota_of_each_minute() {
         all.len() as u64 - u64::from(total)
     );
 }
+
+/// Fleet leases: the agent moves a key's count in the kernel (a compare-and-swap in the
+/// quota-adjust program), and the request path enforces the moved count as it is.
+#[test]
+fn a_count_moved_by_the_agent_is_what_the_kernel_enforces() {
+    use limiter_common::maps::{ADJUST_DONE, ADJUST_LATER_WINDOW};
+    require_root();
+    let mut object = object(1000);
+    let offset = limiter_tests::object::utc_offset_ns();
+    limiter_tests::within_one_minute(std::time::Duration::from_secs(3));
+    object.set_quota(0, 5, PERIOD_MINUTE, offset);
+    let minute = limiter_tests::object::quota_minute(offset);
+    let body = request("tok-F");
+    let hash = hash(b"tok-F");
+    let mut port = 45000u16;
+    let mut send = |object: &XdpObject, n: usize| {
+        (0..n)
+            .map(|_| {
+                port += 1;
+                object
+                    .run_out(&segment(port, 100, TCP_PSH | TCP_ACK, &body))
+                    .0
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(send(&object, 2), [XDP_PASS; 2]);
+    // Other hosts used 2: one left here.
+    assert_eq!(object.adjust_quota(hash, minute, 2), ADJUST_DONE);
+    assert_eq!(send(&object, 2), [XDP_PASS, XDP_TX]);
+    // A lease grown by 2.
+    assert_eq!(object.adjust_quota(hash, minute, -2), ADJUST_DONE);
+    assert_eq!(send(&object, 3), [XDP_PASS, XDP_PASS, XDP_TX]);
+    assert_eq!(object.quota_usage(hash).unwrap().used, 5);
+    // A move for a window before the count's is left alone.
+    assert_eq!(
+        object.adjust_quota(hash, minute - 1, -5),
+        ADJUST_LATER_WINDOW
+    );
+    assert_eq!(object.quota_usage(hash).unwrap().used, 5);
+}
