@@ -650,6 +650,21 @@ pub const fn counter_index(slot: u32, counter: Counter) -> u32 {
 }
 
 #[cfg(feature = "user")]
+impl QuotaAdjust {
+    /// The request's bytes as the kernel sees them (packet data of the quota-adjust program).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: QuotaAdjust is #[repr(C)] without implicit padding (u64, i64, u32, u32), so
+        // every byte is initialised.
+        unsafe {
+            core::slice::from_raw_parts(
+                (self as *const QuotaAdjust).cast::<u8>(),
+                core::mem::size_of::<QuotaAdjust>(),
+            )
+        }
+    }
+}
+
+#[cfg(feature = "user")]
 impl ResetRequest {
     /// The request's bytes as the kernel sees them (the reset program reads them as packet
     /// data).

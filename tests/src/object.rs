@@ -273,16 +273,9 @@ impl XdpObject {
             tag,
             _pad: 0,
         };
-        // SAFETY: a plain repr(C) struct without padding, read as its bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&request as *const limiter_common::maps::QuotaAdjust).cast::<u8>(),
-                std::mem::size_of_val(&request),
-            )
-        };
         program
             .test_run(TestRunOptions {
-                data_in: Some(bytes),
+                data_in: Some(request.as_bytes()),
                 ..TestRunOptions::new()
             })
             .expect("running the quota-adjust program")

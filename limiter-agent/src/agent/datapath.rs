@@ -18,10 +18,11 @@ use limiter_common::http::Answer;
 use limiter_common::key::Prefix;
 use limiter_common::maps::{
     add_tallied, counter_index, drop_tally_slot, ApiKeyEntry, BucketKey, BucketState, Counter,
-    DatapathConfig, DropTally, PlanQuota, QuotaClock, ResetRequest, RuleEntry, ANSWERS_MAP,
-    API_KEYS_MAP, BUCKETS_MAP, CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP,
-    CONFIG_MAP, COUNTERS_MAP, COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS,
-    MAX_INTERFACES, MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP,
+    DatapathConfig, DropTally, PlanQuota, QuotaAdjust, QuotaClock, ResetRequest, RuleEntry,
+    ADJUST_BUSY, ADJUST_DONE, ADJUST_LATER_WINDOW, ANSWERS_MAP, API_KEYS_MAP, BUCKETS_MAP,
+    CONFIG_HAS_OVERRIDES_V4, CONFIG_HAS_OVERRIDES_V6, CONFIG_HTTP, CONFIG_MAP, COUNTERS_MAP,
+    COUNTER_ENTRIES, DEFAULT_RULE_ID, DROP_TALLIES_MAP, DROP_TALLY_SLOTS, MAX_INTERFACES,
+    MAX_PLANS, OVERRIDES_V4_MAP, OVERRIDES_V6_MAP, PLAN_QUOTAS_MAP, QUOTAS_MAP, QUOTA_ADJUST_PROG,
     QUOTA_ANSWERS, QUOTA_TOPUPS_MAP, RESET_PROG, RULES_V4_MAP, RULES_V6_MAP,
 };
 use limiter_common::quota;
@@ -226,6 +227,11 @@ impl Datapath {
             .ok_or_else(|| anyhow!("the XDP object has no program {RESET_PROG}"))?
             .try_into()?;
         reset.load().context("loading the reset program")?;
+        let adjust: &mut Xdp = ebpf
+            .program_mut(QUOTA_ADJUST_PROG)
+            .ok_or_else(|| anyhow!("the XDP object has no program {QUOTA_ADJUST_PROG}"))?
+            .try_into()?;
+        adjust.load().context("loading the quota-adjust program")?;
         Ok(Datapath {
             ebpf,
             buckets,
@@ -840,6 +846,41 @@ impl Datapath {
         };
         let recent = self.recent_rates().get(&hash).copied();
         Ok(Ok(quota_info(&quota, words, now, recent)))
+    }
+
+    /// Moves the quota count of the API key of token hash `hash` in window `tag` by `delta`
+    /// requests, in the kernel (a compare-and-swap: requests counted at the same moment stay
+    /// counted). False when its count is of a later window (left alone).
+    pub fn adjust_quota(&self, hash: u64, tag: u32, delta: i64) -> anyhow::Result<bool> {
+        let program: &Xdp = self
+            .ebpf
+            .program(QUOTA_ADJUST_PROG)
+            .ok_or_else(|| anyhow!("no program {QUOTA_ADJUST_PROG}"))?
+            .try_into()?;
+        let request = QuotaAdjust {
+            hash,
+            delta,
+            tag,
+            _pad: 0,
+        };
+        for _ in 0..3 {
+            let result = program
+                .test_run(TestRunOptions {
+                    data_in: Some(request.as_bytes()),
+                    ..TestRunOptions::new()
+                })
+                .context("running the quota-adjust program")?;
+            match result.return_value {
+                ADJUST_DONE => return Ok(true),
+                ADJUST_LATER_WINDOW => return Ok(false),
+                // Lost every compare-and-swap to the datapath: again.
+                ADJUST_BUSY => continue,
+                other => return Err(anyhow!("the quota-adjust program answered {other}")),
+            }
+        }
+        Err(anyhow!(
+            "the quota-adjust program lost its compare-and-swap three times over"
+        ))
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).

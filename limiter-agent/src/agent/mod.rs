@@ -12,6 +12,7 @@ mod datapath;
 mod error;
 mod events;
 mod expiry;
+mod fleet;
 mod link_watch;
 mod metrics;
 mod overrides;
@@ -207,6 +208,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(reload_on_sighup(Arc::clone(&state)));
     tokio::spawn(expiry::expire_overrides(Arc::clone(&state)));
+    let _fleet = state
+        .config()
+        .fleet
+        .clone()
+        .map(|section| fleet::spawn(section, Arc::clone(&state)));
     if let Some(checkpoint) = &checkpoint {
         quota_checkpoint::spawn(Arc::clone(checkpoint), Arc::clone(&state));
     }

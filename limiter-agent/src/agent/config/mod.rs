@@ -61,6 +61,8 @@ pub struct Config {
     pub plans: Vec<toml::Spanned<Plan>>,
     #[serde(default)]
     pub usage: UsageSection,
+    /// Several gateways holding one limit through a Redis; absent: this host counts alone.
+    pub fleet: Option<fleet::FleetSection>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -505,6 +507,11 @@ impl Config {
                     http::PLANS_AT_MOST
                 ),
             ));
+        }
+        if let Some(fleet) = &self.fleet {
+            if let Err((key, why)) = fleet.check() {
+                return Err(invalid(line_of(text, key), format!("[fleet] {why}")));
+            }
         }
         if let Some(url) = &self.alerts.webhook {
             if let Err(why) = WebhookUrl::parse(url) {

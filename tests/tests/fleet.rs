@@ -1,0 +1,107 @@
+//! Fleet mode: three agents, each on a gateway of its own (three namespaces, three nginx),
+//! sharing one real Redis through its Unix socket. A key with a quota sending through all three
+//! passes the quota in total (within the stated bound), not three times it.
+
+use limiter_tests::agent::Agent;
+use limiter_tests::gateway::{get_once, ClientPass, Nginx};
+use limiter_tests::netns::TestNet;
+use limiter_tests::redis::RedisServer;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const TOKEN: &str = "tok-fleet-3b8e11";
+const QUOTA: usize = 30;
+
+fn config(redis: &str, host: &str, secret: &std::path::Path) -> String {
+    format!(
+        r#"
+[limits]
+rate = 100000
+burst = 100000
+
+[http]
+ports = [8080]
+rate = 1000
+burst = 1000
+secret_file = "{}"
+
+[[plans]]
+name = "metered"
+rate = 1000
+burst = 1000
+quota = {QUOTA}
+period = "minute"
+
+[fleet]
+redis = "{redis}"
+host = "{host}"
+sync_ms = 50
+"#,
+        secret.display()
+    )
+}
+
+struct Host {
+    agent: Agent,
+    _nginx: Nginx,
+    _pass: ClientPass,
+    net: TestNet,
+}
+
+impl Host {
+    fn status(&self) -> u16 {
+        let client = IpAddr::V4(self.net.client_addrs[0]);
+        get_once(&self.net, client, Some(&format!("X-API-Key: {TOKEN}"))).status
+    }
+}
+
+#[test]
+fn a_quota_holds_across_three_hosts() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let hosts: Vec<Host> = (1..=3)
+        .map(|i| {
+            let net = TestNet::new(1, 1);
+            let _pass = ClientPass::attach(&net);
+            let _nginx = Nginx::start(&net);
+            let agent = Agent::start(
+                &net,
+                Some(&config(&redis.url(), &format!("gw-{i}"), &secret)),
+            );
+            let (code, _, err) = agent.add_key("acme", Some("metered"), TOKEN);
+            assert_eq!(code, 0, "keys add: {err}");
+            Host {
+                agent,
+                _nginx,
+                _pass,
+                net,
+            }
+        })
+        .collect();
+    limiter_tests::within_one_minute(Duration::from_secs(25));
+    let mut passed = 0;
+    for round in 0..(2 * QUOTA) {
+        let host = &hosts[round % 3];
+        if host.status() == 200 {
+            passed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs: Vec<String> = hosts.iter().map(|h| h.agent.log()).collect();
+    assert!(
+        passed >= QUOTA && passed <= QUOTA + 2,
+        "{passed} passed across the fleet, the quota is {QUOTA} (+ at most hosts − 1)\n{}",
+        logs.join("\n----\n")
+    );
+    assert!(
+        logs.iter().all(|l| l.contains("fleet: connected")),
+        "{logs:?}"
+    );
+    let fleet_count = redis.cli(&["--scan", "--pattern", "limiter:*:q:*"]);
+    assert!(
+        !fleet_count.trim().is_empty(),
+        "the fleet's counts are in Redis"
+    );
+}
