@@ -17,6 +17,7 @@ pub const KEYS_PATH: &str = "/v1/keys";
 pub const INSPECT_PATH: &str = "/v1/inspect";
 pub const RESET_PATH: &str = "/v1/reset";
 pub const QUOTA_PATH: &str = "/v1/quota";
+pub const FLEET_PATH: &str = "/v1/fleet";
 pub const RELOAD_PATH: &str = "/v1/reload";
 pub const OVERRIDES_PATH: &str = "/v1/overrides";
 /// Registered API keys: `POST` adds one, `DELETE ?name=` forgets one.
@@ -119,6 +120,41 @@ pub struct Status {
     pub counters: Counters,
     pub rules: usize,
     pub config: ConfigInfo,
+    /// With `[fleet]`: whether this host is in sync with the fleet's Redis; null without.
+    #[serde(default)]
+    pub fleet: Option<FleetSync>,
+}
+
+/// `status`'s word on the fleet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FleetSync {
+    pub connected: bool,
+    /// How long the last sync took (ms); null before the first.
+    pub lag_ms: Option<u64>,
+}
+
+/// Answer of `GET /v1/fleet`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FleetInfo {
+    /// The Redis URL, without its password.
+    pub redis: String,
+    /// This host's name in the fleet.
+    pub host: String,
+    pub connected: bool,
+    /// Why this host does not share, when it refuses to (another format under the prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    pub lag_ms: Option<u64>,
+    pub hosts: Vec<FleetHost>,
+}
+
+/// A host of the fleet as Redis last said.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FleetHost {
+    pub host: String,
+    pub last_sync_ms_ago: u64,
+    /// Keys it reported at its last sync.
+    pub keys: u64,
 }
 
 /// The configuration in force, as `status` shows it.

@@ -45,6 +45,8 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Give keys a full bucket at once; prints how many were reset.
     Reset(cli::ResetArgs),
+    /// The hosts of the fleet ([fleet]): their last sync and keys, whether this one is in sync.
+    Fleet(cli::ApiArgs),
     /// An API key's quota this window; `--add N` tops it up until the window ends.
     Quota(cli::quota::QuotaArgs),
     /// API keys (HTTP requests on [http] ports): tracked ones, `keys add NAME`, `keys rm NAME`.
@@ -127,6 +129,7 @@ fn run_cli(command: Command) -> Result<(), Failure> {
             Command::Inspect(args) => cli::inspect::run(args).await,
             Command::Reset(args) => cli::reset::run(args).await,
             Command::Quota(args) => cli::quota::run(args).await,
+            Command::Fleet(args) => cli::fleet::run(args).await,
             Command::Keys(args) => cli::keys::run(args).await,
             Command::Reload(args) => cli::reload::run(args).await,
             Command::Usage(args) => cli::usage::run(args).await,

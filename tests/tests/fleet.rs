@@ -99,9 +99,87 @@ fn a_quota_holds_across_three_hosts() {
         logs.iter().all(|l| l.contains("fleet: connected")),
         "{logs:?}"
     );
-    let fleet_count = redis.cli(&["--scan", "--pattern", "limiter:*:q:*"]);
-    assert!(
-        !fleet_count.trim().is_empty(),
-        "the fleet's counts are in Redis"
-    );
+    let counts = redis.cli(&["--scan", "--pattern", "limiter:*:q:*"]);
+    assert!(!counts.trim().is_empty(), "the fleet's count is in Redis");
+    // What the operator sees.
+    let fleet = hosts[0].agent.json(&["fleet"]);
+    assert_eq!(fleet["connected"], true, "{fleet}");
+    assert_eq!(fleet["host"], "gw-1", "{fleet}");
+    let names: Vec<&str> = fleet["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gw-1", "gw-2", "gw-3"], "{fleet}");
+    let status = hosts[2].agent.json(&["status"]);
+    assert_eq!(status["fleet"]["connected"], true, "{status}");
+    assert!(hosts[2].agent.cli(&["status"]).stdout.contains("in sync"));
+}
+
+/// Redis killed in the middle of keyed traffic: every host goes on enforcing on the leases it
+/// holds, says once that Redis is gone, and when Redis is back reports what it counted
+/// meanwhile.
+#[test]
+fn redis_down_and_back_loses_no_count_and_crashes_nothing() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let url = redis.url();
+    let big = |host: &str| config(&url, host, &secret).replace("quota = 30", "quota = 1000");
+    let hosts: Vec<Host> = (1..=3)
+        .map(|i| {
+            let net = TestNet::new(1, 1);
+            let _pass = ClientPass::attach(&net);
+            let _nginx = Nginx::start(&net);
+            let agent = Agent::start(&net, Some(&big(&format!("gw-{i}"))));
+            let (code, _, err) = agent.add_key("acme", Some("metered"), TOKEN);
+            assert_eq!(code, 0, "keys add: {err}");
+            Host {
+                agent,
+                _nginx,
+                _pass,
+                net,
+            }
+        })
+        .collect();
+    limiter_tests::within_one_minute(Duration::from_secs(25));
+    let send = |n: usize| {
+        for i in 0..n {
+            assert_eq!(hosts[i % 3].status(), 200);
+        }
+    };
+    let fleet_count = |redis: &RedisServer| -> u64 {
+        let key = redis.cli(&["--scan", "--pattern", "limiter:*:q:*"]);
+        let key = key.trim();
+        if key.is_empty() {
+            return 0;
+        }
+        redis.cli(&["GET", key]).trim().parse().unwrap_or(0)
+    };
+    send(30);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fleet_count(&redis), 30);
+
+    redis.stop();
+    send(30);
+    std::thread::sleep(Duration::from_millis(500));
+    for host in &hosts {
+        let fleet = host.agent.json(&["fleet"]);
+        assert_eq!(fleet["connected"], false, "{fleet}");
+        let status = host.agent.json(&["status"]);
+        assert_eq!(status["fleet"]["connected"], false, "{status}");
+    }
+    redis.resume();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Redis came back empty (it persists nothing here): the fleet count is what the hosts
+    // counted while it was gone, nothing of it lost.
+    assert_eq!(fleet_count(&redis), 30);
+    for host in &hosts {
+        let log = host.agent.log();
+        assert_eq!(log.matches("Redis is unreachable").count(), 1, "{log}");
+        assert!(log.contains("fleet: reconnected"), "{log}");
+        assert_eq!(host.agent.json(&["fleet"])["connected"], true);
+    }
 }

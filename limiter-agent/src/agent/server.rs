@@ -53,6 +53,7 @@ pub fn router(state: Shared) -> Router {
         .route(INSPECT_PATH, get(inspect))
         .route(RESET_PATH, post(reset))
         .route(QUOTA_PATH, get(quota).post(top_up_quota))
+        .route(FLEET_PATH, get(fleet))
         .route(RELOAD_PATH, post(reload))
         .route(
             OVERRIDES_PATH,
@@ -119,6 +120,13 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, AgentError>
                 new_keys_bound: config.agent.new_keys_per_sec.source().to_owned(),
                 pin_path: state.pin_path.display().to_string(),
             },
+            fleet: state.fleet.get().map(|f| {
+                let info = f.lock().unwrap_or_else(|p| p.into_inner()).info();
+                FleetSync {
+                    connected: info.connected,
+                    lag_ms: info.lag_ms,
+                }
+            }),
         }))
     })
     .await
@@ -523,6 +531,18 @@ async fn top_up_quota(
         Ok(Json(QuotaResponse { key: shown, quota }))
     })
     .await
+}
+
+async fn fleet(State(state): State<Shared>) -> Result<Json<FleetInfo>, AgentError> {
+    let status = state.fleet.get().ok_or_else(|| {
+        AgentError::bad_request(
+            "this agent has no [fleet] in its configuration: it counts alone (see `[fleet]` in \
+             docs/configuration.md)",
+        )
+    })?;
+    Ok(Json(
+        status.lock().unwrap_or_else(|p| p.into_inner()).info(),
+    ))
 }
 
 async fn reload(

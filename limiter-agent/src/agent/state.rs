@@ -36,6 +36,8 @@ pub struct AgentState {
     quota_alerts: Mutex<std::collections::BTreeMap<u8, u64>>,
     /// The usage history, once opened (not set when it cannot be).
     pub usage: std::sync::OnceLock<Arc<super::usage::History>>,
+    /// With `[fleet]`: the sync task's status.
+    pub fleet: std::sync::OnceLock<Arc<Mutex<super::fleet::FleetStatus>>>,
 }
 
 /// An interface the agent attached the program to.
@@ -91,6 +93,7 @@ impl AgentState {
             exhaustion_events: AtomicU64::new(0),
             quota_alerts: Mutex::default(),
             usage: std::sync::OnceLock::new(),
+            fleet: std::sync::OnceLock::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The operator's commands; each talks to the agent through one [`ApiClient`].
 
 pub mod detach;
+pub mod fleet;
 pub mod inspect;
 pub mod keys;
 pub mod list;

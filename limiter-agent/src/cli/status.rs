@@ -57,6 +57,16 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
     for (name, value) in rows {
         println!("{name:<17}{value}");
     }
+    if let Some(fleet) = &status.fleet {
+        let said = match (fleet.connected, fleet.lag_ms) {
+            (true, Some(lag)) => format!("in sync (last sync {lag} ms; `limiter fleet`)"),
+            (true, None) => "connected, not synced yet".to_owned(),
+            (false, _) => "NOT in sync: Redis unreachable or refused (`limiter fleet`); \
+                           enforcing this host's leases"
+                .to_owned(),
+        };
+        println!("{:<17}{said}", "fleet");
+    }
     // Every datapath counter, in the order of the table that declares them.
     for (counter, value) in status.counters.iter() {
         let value = match (counter, counter.note()) {

@@ -61,6 +61,29 @@ pub struct FleetStatus {
     pub hosts: Vec<(String, u64, u64)>,
 }
 
+impl FleetStatus {
+    /// As the API shows it.
+    pub fn info(&self) -> crate::api::FleetInfo {
+        let now_ms = unix_ms();
+        crate::api::FleetInfo {
+            redis: self.redis.clone(),
+            host: self.host.clone(),
+            connected: self.connected,
+            refused: self.refused.clone(),
+            lag_ms: self.last_sync.map(|_| self.lag.as_millis() as u64),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|(host, at_ms, keys)| crate::api::FleetHost {
+                    host: host.clone(),
+                    last_sync_ms_ago: now_ms.saturating_sub(*at_ms),
+                    keys: *keys,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One key's lease as this host last set it.
 #[derive(Clone, Copy, Debug)]
 struct Lease {
@@ -109,7 +132,15 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             {
                 Ok(Ok(c)) => match check_format(&mut c.clone()).await {
                     Ok(()) => {
-                        info!(redis = %shown, host, "fleet: connected");
+                        if down_said {
+                            info!(
+                                redis = %shown,
+                                "fleet: reconnected; what this host counted meanwhile is \
+                                 reported now"
+                            );
+                        } else {
+                            info!(redis = %shown, host, "fleet: connected");
+                        }
                         down_said = false;
                         conn = Some(c);
                     }
@@ -180,10 +211,6 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                 continue;
             }
         };
-        if down_said {
-            info!(redis = %shown, "fleet: Redis is back; what this host counted meanwhile is reported");
-            down_said = false;
-        }
         let (fleet, hosts) = answers.split_at(reports.len());
         let fleet: Vec<(u64, u64, bool)> = fleet
             .iter()
