@@ -183,3 +183,45 @@ fn redis_down_and_back_loses_no_count_and_crashes_nothing() {
         assert_eq!(host.agent.json(&["fleet"])["connected"], true);
     }
 }
+
+/// A Redis that holds another format under the prefix, or refuses the agent's password: the
+/// agent says so and counts alone — it never crashes and never stops enforcing.
+#[test]
+fn a_redis_it_cannot_share_is_refused_and_the_host_enforces_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let foreign = RedisServer::start();
+    foreign.cli(&["SET", "limiter:meta", "7"]);
+    let locked = RedisServer::start_with(&["--requirepass", "s3cret-pass"]);
+    for (redis, says) in [
+        (foreign.url(), "says format"),
+        (locked.url(), "refusing to share"),
+    ] {
+        let net = TestNet::new(1, 1);
+        let _pass = ClientPass::attach(&net);
+        let _nginx = Nginx::start(&net);
+        let agent = Agent::start(&net, Some(&config(&redis, "gw-x", &secret)));
+        let (code, _, err) = agent.add_key("acme", Some("metered"), TOKEN);
+        assert_eq!(code, 0, "keys add: {err}");
+        let host = Host {
+            agent,
+            _nginx,
+            _pass,
+            net,
+        };
+        limiter_tests::within_one_minute(Duration::from_secs(10));
+        let statuses: Vec<u16> = (0..QUOTA + 2).map(|_| host.status()).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            QUOTA,
+            "the host's own quota, enforced alone: {statuses:?}"
+        );
+        let fleet = host.agent.json(&["fleet"]);
+        assert_eq!(fleet["connected"], false, "{fleet}");
+        let log = host.agent.log();
+        assert!(log.contains(says), "{log}");
+        assert!(!log.contains("s3cret-pass"), "no password in the log");
+    }
+    assert_eq!(foreign.cli(&["GET", "limiter:meta"]).trim(), "7", "its data left alone");
+}
