@@ -91,7 +91,7 @@ fn a_quota_holds_across_three_hosts() {
     }
     let logs: Vec<String> = hosts.iter().map(|h| h.agent.log()).collect();
     assert!(
-        passed >= QUOTA && passed <= QUOTA + 2,
+        (QUOTA..=QUOTA + 2).contains(&passed),
         "{passed} passed across the fleet, the quota is {QUOTA} (+ at most hosts − 1)\n{}",
         logs.join("\n----\n")
     );
@@ -223,5 +223,9 @@ fn a_redis_it_cannot_share_is_refused_and_the_host_enforces_alone() {
         assert!(log.contains(says), "{log}");
         assert!(!log.contains("s3cret-pass"), "no password in the log");
     }
-    assert_eq!(foreign.cli(&["GET", "limiter:meta"]).trim(), "7", "its data left alone");
+    assert_eq!(
+        foreign.cli(&["GET", "limiter:meta"]).trim(),
+        "7",
+        "its data left alone"
+    );
 }

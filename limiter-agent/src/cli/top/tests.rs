@@ -66,6 +66,7 @@ fn status(passed: u64, dropped: u64) -> Status {
             new_keys_bound: "off".to_owned(),
             pin_path: "/sys/fs/bpf/limiter".to_owned(),
         },
+        fleet: None,
     }
 }
 
