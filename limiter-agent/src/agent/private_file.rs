@@ -28,3 +28,11 @@ pub fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
+
+/// Where a state file that cannot be read is moved, kept for a person to look at:
+/// `FILE.unreadable-<ms since the epoch>`.
+pub fn aside_path(path: &Path) -> std::path::PathBuf {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".unreadable-{}", super::overrides::now_ms()));
+    std::path::PathBuf::from(aside)
+}

@@ -15,9 +15,9 @@ use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 /// The file in the state directory.
@@ -56,7 +56,7 @@ impl Checkpoint {
         match Self::open_file(&path) {
             Ok(opened) => Ok(opened),
             Err(err) => {
-                let aside = aside_path(&path);
+                let aside = super::private_file::aside_path(&path);
                 warn!(
                     file = %path.display(),
                     moved_to = %aside.display(),
@@ -127,7 +127,7 @@ impl Checkpoint {
                 table.remove(hash)?;
             }
             let mut meta = txn.open_table(META)?;
-            meta.insert("taken_at_ms", now_ms())?;
+            meta.insert("taken_at_ms", super::overrides::now_ms())?;
         }
         txn.commit()?;
         self.written = now;
@@ -184,7 +184,7 @@ pub fn restore(datapath: &Datapath, saved: &Saved) -> anyhow::Result<()> {
     let restored = datapath.restore_quota_words(&saved.words)?;
     let age_s = saved
         .taken_at_ms
-        .map(|ms| now_ms().saturating_sub(ms) / 1000);
+        .map(|ms| super::overrides::now_ms().saturating_sub(ms) / 1000);
     info!(
         counts = restored.counts,
         top_ups = restored.top_ups,
@@ -194,19 +194,6 @@ pub fn restore(datapath: &Datapath, saved: &Saved) -> anyhow::Result<()> {
          keys without a quota now, are left out)"
     );
     Ok(())
-}
-
-/// Where a state file that cannot be read is moved: `FILE.unreadable-<ms>`.
-pub(super) fn aside_path(path: &Path) -> PathBuf {
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".unreadable-{}", now_ms()));
-    PathBuf::from(aside)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@
 
 use super::config::fleet::FleetSection;
 use super::datapath::Datapath;
+use super::overrides::now_ms;
 use super::state::AgentState;
 use limiter_common::quota;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Redis keys are `limiter:{HASH}:…`: a key's state in one Cluster slot (the braces).
@@ -64,7 +65,7 @@ pub struct FleetStatus {
 impl FleetStatus {
     /// As the API shows it.
     pub fn info(&self) -> crate::api::FleetInfo {
-        let now_ms = unix_ms();
+        let now_ms = now_ms();
         crate::api::FleetInfo {
             redis: self.redis.clone(),
             host: self.host.clone(),
@@ -179,7 +180,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             Err(_) => continue,
         };
         leases = kept;
-        let now_ms = unix_ms();
+        let now_ms = now_ms();
         let mut pipe = redis::pipe();
         pipe.load_script(&script).ignore();
         for report in &reports {
@@ -316,7 +317,7 @@ struct Report {
 /// The reports of the keys whose count is of the window now.
 fn collect(datapath: &Datapath, leases: &HashMap<u64, Lease>) -> anyhow::Result<Vec<Report>> {
     let api = datapath.api();
-    let utc_secs = unix_ms() / 1000;
+    let utc_secs = now_ms() / 1000;
     let mut reports = Vec::new();
     for (hash, words) in datapath.quota_words()? {
         let Some((plan_quota, _)) = api.quota_of(hash) else {
@@ -376,10 +377,4 @@ fn apply(
         Ok(false) => {}
         Err(err) => warn!("fleet: moving a key's count: {err:#}"),
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -78,7 +78,7 @@ impl Store {
         match Self::open_file(&path) {
             Ok(store) => Ok(store),
             Err(err) => {
-                let aside = super::super::quota_checkpoint::aside_path(&path);
+                let aside = super::super::private_file::aside_path(&path);
                 warn!(
                     file = %path.display(),
                     moved_to = %aside.display(),
