@@ -40,6 +40,22 @@ impl Limit {
         }
     }
 
+    /// One host's share of a limit that `hosts` hosts hold together: the interval `hosts` times
+    /// longer (exactly: no rate rounded to whole packets a second), the burst divided, rounded
+    /// up to a whole packet. `share(r, b, 1)` is `new(r, b)`.
+    pub const fn share(rate: u64, burst: u64, hosts: u64) -> Limit {
+        let rate = if rate == 0 { 1 } else { rate };
+        let hosts = if hosts == 0 { 1 } else { hosts };
+        let mut interval_ns = NANOS_PER_SEC.saturating_mul(hosts).div_ceil(rate);
+        if interval_ns == 0 {
+            interval_ns = 1;
+        }
+        Limit {
+            interval_ns,
+            tolerance_ns: burst.div_ceil(hosts).saturating_mul(interval_ns),
+        }
+    }
+
     /// The bucket depth in packets.
     pub const fn burst(&self) -> u64 {
         self.tolerance_ns / self.interval_ns
@@ -127,6 +143,31 @@ mod tests {
             }
             None => false,
         }
+    }
+
+    #[test]
+    fn shares_of_a_limit_pass_what_the_limit_passes() {
+        assert_eq!(Limit::share(1000, 50, 1), Limit::new(1000, 50));
+        // Three hosts at 10/s: a packet every 300 ms on each, no rounding to 4/s.
+        let share = Limit::share(10, 10, 3);
+        assert_eq!(share.interval_ns, 300_000_000);
+        assert_eq!(share.burst(), 4);
+        // Over 60 s each host's share passes its burst and a third of the rate; the three
+        // together the limit's, the bursts rounded up to whole packets.
+        let passed_in = |limit: &Limit| {
+            let mut tat = FULL_BUCKET_TAT;
+            (0..60_000u64)
+                .filter(|ms| offer(&mut tat, NANOS_PER_SEC + ms * 1_000_000, limit))
+                .count()
+        };
+        let alone = passed_in(&Limit::new(10, 10));
+        let together = 3 * passed_in(&share);
+        assert!(
+            (alone..=alone + 2).contains(&together),
+            "{alone} {together}"
+        );
+        // A share never passes nothing: at least a packet of burst.
+        assert_eq!(Limit::share(5, 2, 8).burst(), 1);
     }
 
     #[test]

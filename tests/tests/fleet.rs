@@ -117,6 +117,148 @@ fn a_quota_holds_across_three_hosts() {
     assert!(hosts[2].agent.cli(&["status"]).stdout.contains("in sync"));
 }
 
+/// Three agents on one Redis, each with a host of its own; every key of plan "metered".
+fn three_hosts(
+    redis: &RedisServer,
+    secret: &std::path::Path,
+    edit: impl Fn(String) -> String,
+) -> Vec<Host> {
+    (1..=3)
+        .map(|i| {
+            let net = TestNet::new(1, 1);
+            let _pass = ClientPass::attach(&net);
+            let _nginx = Nginx::start(&net);
+            let text = edit(config(&redis.url(), &format!("gw-{i}"), secret));
+            let agent = Agent::start(&net, Some(&text));
+            let (code, _, err) = agent.add_key("acme", Some("metered"), TOKEN);
+            assert_eq!(code, 0, "keys add: {err}");
+            Host {
+                agent,
+                _nginx,
+                _pass,
+                net,
+            }
+        })
+        .collect()
+}
+
+/// A key's rate is the fleet's: three hosts sending it at once, each as fast as it can, pass
+/// about what one host alone would (its burst and its rate), within the stated bound — not
+/// three times that.
+#[test]
+fn a_keys_rate_holds_across_three_hosts() {
+    const RATE: usize = 10;
+    const SECS: usize = 4;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let hosts = three_hosts(&redis, &secret, |c| {
+        c.replace(
+            "rate = 1000\nburst = 1000\nquota = 30",
+            "rate = 10\nburst = 10\nquota = 100000",
+        )
+    });
+    let started = std::time::Instant::now();
+    let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let senders: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                scope.spawn(move || {
+                    let (mut passed, mut sent) = (0, 0);
+                    while started.elapsed() < Duration::from_secs(SECS as u64) {
+                        sent += 1;
+                        passed += usize::from(host.status() == 200);
+                    }
+                    (passed, sent)
+                })
+            })
+            .collect();
+        senders.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let passed: usize = counts.iter().map(|c| c.0).sum();
+    let sent: usize = counts.iter().map(|c| c.1).sum();
+    // One host alone passes burst + rate × t; three hosts each alone, three times that.
+    let exact = RATE + RATE * SECS;
+    // The stated bound: each other host's burst and what the rate lets through before the
+    // fleet shares the key (the first sync after a start only takes the counters' baseline:
+    // two syncs of 50 ms; a second allowed, for a loaded machine), and the shares' bursts
+    // rounded up to whole requests (⌈10/3⌉ = 4 a host). Three hosts alone: 3 × 50.
+    let bound = exact + 2 * (RATE + RATE) + 2;
+    eprintln!("{passed} of {sent} passed ({counts:?}); alone {exact}, bound {bound}");
+    let logs: Vec<String> = hosts.iter().map(|h| h.agent.log()).collect();
+    assert!(
+        sent >= 3 * 3 * exact,
+        "the hosts must be offered far more than three times the limit: {counts:?}"
+    );
+    assert!(
+        (exact - RATE..=bound).contains(&passed),
+        "{passed} of {sent} passed across the fleet in {SECS} s ({counts:?}); one host alone \
+         would pass {exact}, the bound is {bound}\n{}",
+        logs.join("\n----\n")
+    );
+    assert!(
+        redis
+            .cli(&["--scan", "--pattern", "limiter:*:r"])
+            .contains(":r"),
+        "the key's senders are in Redis"
+    );
+}
+
+/// Redis down before a key's first sync in a window: each host gives the key the quota
+/// divided by the hosts it last saw, so the fleet still passes the quota, not three times it.
+#[test]
+fn redis_down_before_a_windows_first_sync_shares_by_the_hosts_last_seen() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let hosts = three_hosts(&redis, &secret, |c| c);
+    limiter_tests::within_one_minute(Duration::from_secs(25));
+    // Every host has synced (and seen the other two) before Redis goes.
+    std::thread::sleep(Duration::from_millis(500));
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut passed = 0;
+    for round in 0..(2 * QUOTA) {
+        passed += usize::from(hosts[round % 3].status() == 200);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs: Vec<String> = hosts.iter().map(|h| h.agent.log()).collect();
+    // ⌈30 / 3⌉ = 10 on each host; alone each would pass all 20 it got.
+    assert_eq!(passed, QUOTA, "{}", logs.join("\n----\n"));
+    redis.resume();
+}
+
+/// `[fleet]` follows a reload: added, the host joins the fleet; removed, it counts alone.
+#[test]
+fn fleet_follows_a_reload() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let with = config(&redis.url(), "gw-1", &secret);
+    let without = with.split("[fleet]").next().unwrap().to_owned();
+    let net = TestNet::new(1, 1);
+    let agent = Agent::start(&net, Some(&without));
+    let out = agent.cli(&["fleet"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("no [fleet]"), "{}", out.stderr);
+    agent.write_config(&with);
+    assert_eq!(agent.cli(&["reload"]).code, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while agent.json(&["fleet"])["connected"] != true {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(redis.cli(&["HGET", "limiter:hosts", "gw-1"]).trim().len() > 1);
+    agent.write_config(&without);
+    assert_eq!(agent.cli(&["reload"]).code, 0);
+    assert_ne!(agent.cli(&["fleet"]).code, 0);
+    assert!(agent.json(&["status"])["fleet"].is_null());
+    assert!(agent.log().contains("fleet: stopped"), "{}", agent.log());
+}
+
 /// Redis killed in the middle of keyed traffic: every host goes on enforcing on the leases it
 /// holds, says once that Redis is gone, and when Redis is back reports what it counted
 /// meanwhile.
@@ -172,9 +314,18 @@ fn redis_down_and_back_loses_no_count_and_crashes_nothing() {
         assert_eq!(status["fleet"]["connected"], false, "{status}");
     }
     redis.resume();
-    std::thread::sleep(Duration::from_millis(1500));
-    // Redis came back empty (it persists nothing here): the fleet count is what the hosts
-    // counted while it was gone, nothing of it lost.
+    // The hosts reconnect with a backoff of at most 5 s. Redis came back empty (it persists
+    // nothing here): the fleet count is what the hosts counted while it was gone, nothing of
+    // it lost.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while hosts
+        .iter()
+        .any(|h| h.agent.json(&["fleet"])["connected"] != true)
+    {
+        assert!(std::time::Instant::now() < deadline, "not reconnected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fleet_count(&redis), 30);
     for host in &hosts {
         let log = host.agent.log();
@@ -219,8 +370,12 @@ fn a_redis_it_cannot_share_is_refused_and_the_host_enforces_alone() {
         );
         let fleet = host.agent.json(&["fleet"]);
         assert_eq!(fleet["connected"], false, "{fleet}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !host.agent.log().contains(says) {
+            assert!(std::time::Instant::now() < deadline, "{}", host.agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let log = host.agent.log();
-        assert!(log.contains(says), "{log}");
         assert!(!log.contains("s3cret-pass"), "no password in the log");
     }
     assert_eq!(

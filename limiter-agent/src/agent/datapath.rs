@@ -30,6 +30,32 @@ use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The API_KEYS entry of a key, registered as `registered` or not, whose rate `hosts` share:
+/// its plan's limit (slot and 429) or the `[http]` default's (slot 0), divided among the hosts
+/// (the burst rounded up: the fleet may burst a few more than the limit). None: the key is
+/// under the `[http]` default alone, which the datapath applies without an entry. A key of a
+/// plan the configuration no longer has gets the default (the agent said so when it started).
+fn api_key_entry(
+    config: &Config,
+    registered: Option<&Registered>,
+    hosts: u32,
+) -> Option<ApiKeyEntry> {
+    let http = config.http.as_ref()?;
+    let plan = registered
+        .and_then(|k| k.plan.as_deref())
+        .and_then(|p| config.plan(p));
+    let (slot, rate, burst) = match plan {
+        Some((slot, plan)) => (slot, plan.rate.get(), plan.burst.get()),
+        None if hosts > 1 => (0, http.rate.get(), http.burst.get()),
+        None => return None,
+    };
+    Some(ApiKeyEntry {
+        limit: Limit::share(rate, burst, u64::from(hosts)),
+        plan: slot,
+        _pad: 0,
+    })
+}
+
 /// XDP verdicts of the reset program (see limiter-ebpf).
 const RESET_DONE: u32 = 2; // XDP_PASS
 const RESET_NOT_TRACKED: u32 = 1; // XDP_DROP
@@ -56,7 +82,11 @@ pub struct Datapath {
     /// What CONFIG holds (set by `write_config`).
     written: Option<DatapathConfig>,
     /// Registered API keys by token hash, and each plan's 429 by slot.
-    api_keys_map: HashMap<MapData, u64, ApiKeyEntry>,
+    /// Behind a lock: the fleet's rate shares are written where the rest is only read.
+    api_keys_map: std::sync::Mutex<HashMap<MapData, u64, ApiKeyEntry>>,
+    /// With `[fleet]`: API keys whose rate is shared among this many hosts (more than one), by
+    /// token hash; each host's kernel enforces its share (see `set_fleet_share`).
+    fleet_shares: std::sync::Mutex<StdHashMap<u64, u32>>,
     answers: Array<MapData, Answer>,
     plan_quotas: Array<MapData, PlanQuota>,
     /// API keys' counts in their quota windows and their top-ups, by token hash (behind a lock:
@@ -215,7 +245,7 @@ impl Datapath {
             v4: LpmTrie::try_from(take(OVERRIDES_V4_MAP)?)?,
             v6: LpmTrie::try_from(take(OVERRIDES_V6_MAP)?)?,
         };
-        let api_keys_map = HashMap::try_from(take(API_KEYS_MAP)?)?;
+        let api_keys_map = std::sync::Mutex::new(HashMap::try_from(take(API_KEYS_MAP)?)?);
         let answers = Array::try_from(take(ANSWERS_MAP)?)?;
         let plan_quotas = Array::try_from(take(PLAN_QUOTAS_MAP)?)?;
         let quotas = std::sync::Mutex::new(QuotaMaps {
@@ -245,6 +275,7 @@ impl Datapath {
             override_rules: Vec::new(),
             written: None,
             api_keys_map,
+            fleet_shares: Default::default(),
             answers,
             plan_quotas,
             quotas,
@@ -323,33 +354,29 @@ impl Datapath {
                 .set(slot as u32, quota, 0)
                 .context("writing the PLAN_QUOTAS map")?;
         }
+        let shares = self.fleet_shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.api_keys_map.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted = StdHashMap::new();
-        for key in &self.registered {
-            // A key of a plan the configuration no longer has gets the [http] default (the
-            // agent said so when it started).
-            if let Some((slot, plan)) = key.plan.as_deref().and_then(|p| config.plan(p)) {
-                let entry = ApiKeyEntry {
-                    limit: plan.limit(),
-                    plan: slot,
-                    _pad: 0,
-                };
-                self.api_keys_map
-                    .insert(key.hash, entry, 0)
+        let registered = self.registered.iter().map(|k| k.hash);
+        for hash in registered.chain(shares.keys().copied()) {
+            let key = self.registered.iter().find(|k| k.hash == hash);
+            let hosts = shares.get(&hash).copied().unwrap_or(1);
+            if let Some(entry) = api_key_entry(config, key, hosts) {
+                map.insert(hash, entry, 0)
                     .context("writing the API_KEYS map")?;
-                wanted.insert(key.hash, ());
+                wanted.insert(hash, ());
             }
         }
-        let stale: Vec<u64> = self
-            .api_keys_map
+        let stale: Vec<u64> = map
             .keys()
             .filter_map(Result::ok)
             .filter(|hash| !wanted.contains_key(hash))
             .collect();
         for hash in stale {
-            self.api_keys_map
-                .remove(&hash)
+            map.remove(&hash)
                 .context("removing from the API_KEYS map")?;
         }
+        drop((map, shares));
         let shown = |name: &str, rate: u64, burst: u64, quota: Option<Quota>| Shown {
             name: name.to_owned(),
             limit: Limit::new(rate, burst),
@@ -881,6 +908,40 @@ impl Datapath {
         Err(anyhow!(
             "the quota-adjust program lost its compare-and-swap three times over"
         ))
+    }
+
+    /// Makes this host's kernel enforce `1 / hosts` of the rate and burst of the API key of
+    /// token hash `hash` (its plan's, or the `[http]` default's): the fleet shares the key's
+    /// rate among the hosts that use it. `hosts` ≤ 1 gives it back its whole limit.
+    pub fn set_fleet_share(&self, hash: u64, hosts: u32) -> anyhow::Result<()> {
+        let Some((config, _)) = &self.applied else {
+            return Ok(());
+        };
+        let mut shares = self.fleet_shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.api_keys_map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.registered.iter().find(|k| k.hash == hash);
+        if hosts > 1 {
+            shares.insert(hash, hosts);
+        } else {
+            shares.remove(&hash);
+        }
+        match api_key_entry(config, key, hosts) {
+            Some(entry) => map
+                .insert(hash, entry, 0)
+                .context("writing the API_KEYS map"),
+            None => match map.remove(&hash) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(err) => Err(err).context("removing from the API_KEYS map"),
+            },
+        }
+    }
+
+    /// The API keys whose rate this host shares with others, and among how many hosts.
+    pub fn fleet_shares(&self) -> StdHashMap<u64, u32> {
+        self.fleet_shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Gives `key` a full bucket; false when it is not tracked (any more).

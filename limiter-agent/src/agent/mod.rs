@@ -208,10 +208,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(reload_on_sighup(Arc::clone(&state)));
     tokio::spawn(expiry::expire_overrides(Arc::clone(&state)));
-    if let Some(section) = state.config().fleet.clone() {
-        let status = fleet::spawn(section, Arc::clone(&state));
-        let _ = state.fleet.set(status);
-    }
+    tokio::spawn(fleet::supervise(Arc::clone(&state)));
     if let Some(checkpoint) = &checkpoint {
         quota_checkpoint::spawn(Arc::clone(checkpoint), Arc::clone(&state));
     }

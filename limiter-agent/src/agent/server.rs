@@ -120,12 +120,9 @@ async fn status(State(state): State<Shared>) -> Result<Json<Status>, AgentError>
                 new_keys_bound: config.agent.new_keys_per_sec.source().to_owned(),
                 pin_path: state.pin_path.display().to_string(),
             },
-            fleet: state.fleet.get().map(|f| {
-                let info = f.lock().unwrap_or_else(|p| p.into_inner()).info();
-                FleetSync {
-                    connected: info.connected,
-                    lag_ms: info.lag_ms,
-                }
+            fleet: state.fleet_info().map(|info| FleetSync {
+                connected: info.connected,
+                lag_ms: info.lag_ms,
             }),
         }))
     })
@@ -534,15 +531,13 @@ async fn top_up_quota(
 }
 
 async fn fleet(State(state): State<Shared>) -> Result<Json<FleetInfo>, AgentError> {
-    let status = state.fleet.get().ok_or_else(|| {
+    let info = state.fleet_info().ok_or_else(|| {
         AgentError::bad_request(
             "this agent has no [fleet] in its configuration: it counts alone (see `[fleet]` in \
              docs/configuration.md)",
         )
     })?;
-    Ok(Json(
-        status.lock().unwrap_or_else(|p| p.into_inner()).info(),
-    ))
+    Ok(Json(info))
 }
 
 async fn reload(

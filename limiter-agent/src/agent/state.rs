@@ -37,7 +37,8 @@ pub struct AgentState {
     /// The usage history, once opened (not set when it cannot be).
     pub usage: std::sync::OnceLock<Arc<super::usage::History>>,
     /// With `[fleet]`: the sync task's status.
-    pub fleet: std::sync::OnceLock<Arc<Mutex<super::fleet::FleetStatus>>>,
+    /// With `[fleet]`: the sync task's status (none without, or before the task starts).
+    pub fleet: Mutex<Option<Arc<Mutex<super::fleet::FleetStatus>>>>,
 }
 
 /// An interface the agent attached the program to.
@@ -93,7 +94,7 @@ impl AgentState {
             exhaustion_events: AtomicU64::new(0),
             quota_alerts: Mutex::default(),
             usage: std::sync::OnceLock::new(),
-            fleet: std::sync::OnceLock::new(),
+            fleet: Mutex::new(None),
         }
     }
 
@@ -118,6 +119,17 @@ impl AgentState {
             counts.entry(threshold).or_default();
         }
         counts
+    }
+
+    /// With `[fleet]`: how this host syncs, as `limiter fleet` shows it.
+    pub fn fleet_info(&self) -> Option<crate::api::FleetInfo> {
+        let status = self
+            .fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let info = status.lock().unwrap_or_else(|p| p.into_inner()).info();
+        Some(info)
     }
 
     /// The datapath, to read, for a blocking call (map walks are syscalls). Readers do not wait

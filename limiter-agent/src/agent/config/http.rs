@@ -229,10 +229,6 @@ impl Plan {
         ))
     }
 
-    pub fn limit(&self) -> Limit {
-        Limit::new(self.rate.get(), self.burst.get())
-    }
-
     pub fn answer(&self, keep_alive: bool) -> Answer {
         Answer::render(&self.name, self.rate.get(), self.burst.get(), keep_alive)
     }

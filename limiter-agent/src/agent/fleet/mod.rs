@@ -1,12 +1,15 @@
-//! Fleet mode (`[fleet]`): several gateways holding one quota per API key through one Redis,
-//! each still deciding every request in its own kernel.
+//! Fleet mode (`[fleet]`): several gateways holding one quota and one rate per API key through
+//! one Redis, each still deciding every request in its own kernel.
 //!
 //! Every `sync_ms` the agent reports, for each API key its kernel counted in the window now,
 //! what this host's requests added to the local count since the last sync, in one pipelined
 //! round trip (a Lua script per key keeps each update atomic): Redis adds it to the key's fleet
 //! count and answers it, with how many hosts used the key lately. The agent then takes a lease —
 //! its share of what remains — and moves its kernel's count to `limit − lease` with the
-//! quota-adjust program, so the request path is the one without a fleet. See docs/fleet.md.
+//! quota-adjust program, so the request path is the one without a fleet. Rates are shared
+//! alike (`rates`): each host enforces its share of a key's rate. See docs/fleet.md.
+
+mod rates;
 
 use super::config::fleet::FleetSection;
 use super::datapath::Datapath;
@@ -24,6 +27,10 @@ const PREFIX: &str = "limiter";
 const FORMAT: &str = "1";
 /// A host counts as using a key while it reported requests of it this recently.
 const ACTIVE: Duration = Duration::from_secs(5);
+/// How long a connection (and the format check) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts to reconnect come at most this far apart.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Adds this host's requests to a key's fleet count of a window and marks the host as using the
 /// key; answers the fleet count and the hosts that used the key within ARGV[5] ms.
@@ -92,17 +99,56 @@ struct Lease {
     /// The local count right after the agent moved it: what the kernel counts beyond it is
     /// this host's own.
     baseline: u32,
+    /// This host's requests below the baseline not reported yet (the count was moved while
+    /// Redis was unreachable).
+    pending: u32,
 }
 
-/// Starts the sync task; its status, shared.
-pub fn spawn(section: FleetSection, state: Arc<AgentState>) -> Arc<Mutex<FleetStatus>> {
-    let status = Arc::new(Mutex::new(FleetStatus {
-        redis: section.shown_url(),
-        host: section.host_name(),
-        ..FleetStatus::default()
-    }));
-    tokio::spawn(run(section, state, Arc::clone(&status)));
-    status
+/// What the sync task keeps between syncs.
+struct Local {
+    leases: HashMap<u64, Lease>,
+    activity: rates::RateActivity,
+    /// How many hosts synced lately, as of the last sync that reached Redis: while Redis is
+    /// unreachable, a key new to this host gets that share of its limit.
+    hosts_last_seen: u32,
+}
+
+/// Keeps a sync task running as `[fleet]` says: started with the agent when the section is
+/// there, and started anew, stopped or started by a reload that changes it.
+pub async fn supervise(state: Arc<AgentState>) {
+    let mut config = state.watch_config();
+    let mut running: Option<(FleetSection, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let wanted = config.borrow_and_update().fleet.clone();
+        if running.as_ref().map(|(s, _)| s) != wanted.as_ref() {
+            if let Some((old, task)) = running.take() {
+                task.abort();
+                let _ = task.await;
+                info!(redis = %old.shown_url(), "fleet: stopped (the configuration changed)");
+            }
+            *state.fleet.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            // Every key back to its whole rate; a new task shares them again.
+            let datapath_state = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || {
+                let datapath = datapath_state.datapath();
+                rates::apply_shares(&datapath, &HashMap::new())
+            })
+            .await;
+            if let Some(section) = wanted {
+                let status = Arc::new(Mutex::new(FleetStatus {
+                    redis: section.shown_url(),
+                    host: section.host_name(),
+                    ..FleetStatus::default()
+                }));
+                *state.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&status));
+                let task = tokio::spawn(run(section.clone(), Arc::clone(&state), status));
+                running = Some((section, task));
+            }
+        }
+        if config.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<FleetStatus>>) {
@@ -116,23 +162,34 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
         }
     };
     let every = Duration::from_millis(section.sync_ms as u64);
+    let rate_active = rates::active_window(every);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<redis::aio::ConnectionManager> = None;
-    let mut leases: HashMap<u64, Lease> = HashMap::new();
+    let local = Arc::new(Mutex::new(Local {
+        leases: HashMap::new(),
+        activity: rates::RateActivity::default(),
+        hosts_last_seen: 1,
+    }));
     let mut down_said = false;
-    let script = redis::Script::new(REPORT);
+    let mut connecting = None;
+    let mut next_attempt = Instant::now();
+    let mut backoff = every;
+    let quota_script = redis::Script::new(REPORT);
+    let rate_script = redis::Script::new(rates::RATE_REPORT);
     loop {
         tick.tick().await;
         if conn.is_none() {
-            match tokio::time::timeout(
-                Duration::from_secs(2),
-                redis::aio::ConnectionManager::new(client.clone()),
-            )
-            .await
-            {
-                Ok(Ok(c)) => match check_format(&mut c.clone()).await {
-                    Ok(()) => {
+            // Connecting goes on beside the syncs: while Redis is unreachable the host keeps
+            // giving new keys their offline share, every tick.
+            if connecting.is_none() && Instant::now() >= next_attempt {
+                let client = client.clone();
+                connecting = Some(tokio::spawn(connect(client)));
+            }
+            if connecting.as_ref().is_some_and(|t| t.is_finished()) {
+                let attempt = connecting.take().expect("checked").await;
+                match attempt.unwrap_or_else(|err| Attempt::Failed(err.to_string())) {
+                    Attempt::Ready(c) => {
                         if down_said {
                             info!(
                                 redis = %shown,
@@ -143,77 +200,118 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                             info!(redis = %shown, host, "fleet: connected");
                         }
                         down_said = false;
+                        backoff = every;
                         conn = Some(c);
                     }
-                    Err(why) => {
+                    Attempt::Refused(why) => {
                         warn!(redis = %shown, "fleet: refusing to share: {why}; this host counts alone");
                         status.lock().unwrap_or_else(|p| p.into_inner()).refused = Some(why);
                         return;
                     }
-                },
-                Ok(Err(err)) => {
-                    say_down(&mut down_said, &shown, &err.to_string(), &status);
-                    continue;
-                }
-                Err(_) => {
-                    say_down(&mut down_said, &shown, "no answer in 2 s", &status);
-                    continue;
+                    Attempt::Failed(why) => {
+                        say_down(&mut down_said, &shown, &why, &status);
+                        // Tried again later and later, up to every few seconds.
+                        next_attempt = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
             }
         }
-        let Some(c) = conn.as_mut() else { continue };
         let started = Instant::now();
-        let state_now = Arc::clone(&state);
-        let taken = std::mem::take(&mut leases);
-        let (reports, kept) = match tokio::task::spawn_blocking(move || {
-            let datapath = state_now.datapath();
-            (collect(&datapath, &taken), taken)
+        // What the kernel counted since the last sync.
+        let (reading, shared) = (Arc::clone(&state), Arc::clone(&local));
+        let read = tokio::task::spawn_blocking(move || {
+            let datapath = reading.datapath();
+            let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let quotas = collect(&datapath, &local.leases)?;
+            let rates = local.activity.sample(&datapath, rate_active)?;
+            anyhow::Ok((quotas, rates))
         })
-        .await
-        {
-            Ok((Ok(reports), kept)) => (reports, kept),
-            Ok((Err(err), kept)) => {
-                warn!("fleet: reading the quota counts: {err:#}");
-                leases = kept;
+        .await;
+        let (reports, rate_reports) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(err)) => {
+                warn!("fleet: reading the kernel's counts: {err:#}");
                 continue;
             }
             Err(_) => continue,
         };
-        leases = kept;
-        let now_ms = now_ms();
-        let mut pipe = redis::pipe();
-        pipe.load_script(&script).ignore();
-        for report in &reports {
-            let key = format!("{PREFIX}:{{{:016x}}}", report.hash);
-            pipe.invoke_script(
-                script
-                    .key(format!("{key}:q:{}", report.tag))
-                    .key(format!("{key}:h:{}", report.tag))
-                    .arg(report.own)
-                    .arg(&host)
-                    .arg(now_ms)
-                    .arg(report.ttl_s)
-                    .arg(ACTIVE.as_millis() as u64),
-            );
-        }
-        pipe.hset(
-            format!("{PREFIX}:hosts"),
-            &host,
-            format!("{now_ms} {}", reports.len()),
-        )
-        .ignore();
-        pipe.hgetall(format!("{PREFIX}:hosts"));
-        let answer: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(c).await;
-        let answers = match answer {
-            Ok(answers) => answers,
-            Err(err) => {
-                say_down(&mut down_said, &shown, &err.to_string(), &status);
-                conn = None;
-                continue;
+        let answers = match conn.as_mut() {
+            None => None,
+            Some(c) => {
+                let now_ms = now_ms();
+                let mut pipe = redis::pipe();
+                pipe.load_script(&quota_script).ignore();
+                pipe.load_script(&rate_script).ignore();
+                for report in &reports {
+                    let key = redis_key(report.hash);
+                    pipe.invoke_script(
+                        quota_script
+                            .key(format!("{key}:q:{}", report.tag))
+                            .key(format!("{key}:h:{}", report.tag))
+                            .arg(report.own)
+                            .arg(&host)
+                            .arg(now_ms)
+                            .arg(report.ttl_s)
+                            .arg(ACTIVE.as_millis() as u64),
+                    );
+                }
+                for report in &rate_reports {
+                    pipe.invoke_script(
+                        rate_script
+                            .key(format!("{}:r", redis_key(report.hash)))
+                            .arg(u8::from(report.sent))
+                            .arg(&host)
+                            .arg(now_ms)
+                            .arg(rate_active.as_millis() as u64 * 2)
+                            .arg(rate_active.as_millis() as u64),
+                    );
+                }
+                pipe.hset(
+                    format!("{PREFIX}:hosts"),
+                    &host,
+                    format!("{now_ms} {}", reports.len().max(rate_reports.len())),
+                )
+                .ignore();
+                pipe.hgetall(format!("{PREFIX}:hosts"));
+                // A Redis that stopped answering (a partition) is down too: its count may then
+                // hold a report the host sends again (the fleet counts too many, never too
+                // few).
+                let answer = tokio::time::timeout(
+                    (every * 4).max(CONNECT_TIMEOUT),
+                    pipe.query_async::<Vec<redis::Value>>(c),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )))
+                });
+                match answer {
+                    Ok(answers) => Some(answers),
+                    Err(err) => {
+                        say_down(&mut down_said, &shown, &err.to_string(), &status);
+                        conn = None;
+                        None
+                    }
+                }
             }
         };
-        let (fleet, hosts) = answers.split_at(reports.len());
-        let fleet: Vec<(u64, u64, bool)> = fleet
+        let Some(answers) = answers else {
+            // Redis unreachable: keys new to this host get their share as of the hosts last
+            // seen; what it counts stays to be reported.
+            let (writing, shared) = (Arc::clone(&state), Arc::clone(&local));
+            let _ = tokio::task::spawn_blocking(move || {
+                let datapath = writing.datapath();
+                let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
+                offline(&datapath, &mut local, &reports, &rate_reports);
+            })
+            .await;
+            continue;
+        };
+        let (quota_answers, rest) = answers.split_at(reports.len().min(answers.len()));
+        let (rate_answers, hosts) = rest.split_at(rate_reports.len().min(rest.len()));
+        let fleet: Vec<(u64, u64, bool)> = quota_answers
             .iter()
             .map(|v| {
                 redis::from_redis_value::<(u64, u64, u64)>(v.clone())
@@ -221,24 +319,14 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             })
             .collect::<Result<_, _>>()
             .unwrap_or_default();
-        let state_now = Arc::clone(&state);
-        let taken = std::mem::take(&mut leases);
-        leases = tokio::task::spawn_blocking(move || {
-            let datapath = state_now.datapath();
-            let mut leases = taken;
-            for (report, &(used, active, me)) in reports.iter().zip(&fleet) {
-                apply(
-                    &datapath,
-                    &mut leases,
-                    report,
-                    used,
-                    active + u64::from(!me),
-                );
-            }
-            leases
-        })
-        .await
-        .unwrap_or_default();
+        let sharing: HashMap<u64, u32> = rate_reports
+            .iter()
+            .zip(rate_answers)
+            .filter_map(|(report, v)| {
+                let active = redis::from_redis_value::<u64>(v.clone()).ok()?;
+                Some((report.hash, rates::hosts_sharing(active, report.sent)))
+            })
+            .collect();
         let hosts = hosts
             .first()
             .and_then(|v| redis::from_redis_value::<HashMap<String, String>>(v.clone()).ok())
@@ -251,11 +339,68 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             })
             .collect();
         shown_hosts.sort();
+        let recent = (every * 3).max(Duration::from_secs(10)).as_millis() as u64;
+        let now = now_ms();
+        let seen = shown_hosts
+            .iter()
+            .filter(|(_, at, _)| now.saturating_sub(*at) <= recent)
+            .count()
+            .max(1) as u32;
+        let (writing, shared) = (Arc::clone(&state), Arc::clone(&local));
+        let _ = tokio::task::spawn_blocking(move || {
+            let datapath = writing.datapath();
+            let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
+            local.hosts_last_seen = seen;
+            for (report, &(used, active, me)) in reports.iter().zip(&fleet) {
+                apply(
+                    &datapath,
+                    &mut local.leases,
+                    report,
+                    used,
+                    active + u64::from(!me),
+                );
+            }
+            if let Err(err) = rates::apply_shares(&datapath, &sharing) {
+                warn!("fleet: writing a key's share of its rate: {err:#}");
+            }
+        })
+        .await;
         let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
         status.connected = true;
         status.last_sync = Some(Instant::now());
         status.lag = started.elapsed();
         status.hosts = shown_hosts;
+    }
+}
+
+/// A key's state in Redis is under `limiter:{HASH}`: the braces put all of it in one slot of a
+/// Redis Cluster.
+fn redis_key(hash: u64) -> String {
+    format!("{PREFIX}:{{{hash:016x}}}")
+}
+
+/// How an attempt to connect ended.
+enum Attempt {
+    Ready(redis::aio::ConnectionManager),
+    /// Another format under the prefix, or a Redis that refuses the agent's password: trying
+    /// again would not change its mind.
+    Refused(String),
+    /// Unreachable for now.
+    Failed(String),
+}
+
+async fn connect(client: redis::Client) -> Attempt {
+    let manager = redis::aio::ConnectionManager::new(client);
+    match tokio::time::timeout(CONNECT_TIMEOUT, manager).await {
+        Err(_) => Attempt::Failed(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs())),
+        Ok(Err(err)) if err.kind() == redis::ErrorKind::AuthenticationFailed => {
+            Attempt::Refused(err.to_string())
+        }
+        Ok(Err(err)) => Attempt::Failed(err.to_string()),
+        Ok(Ok(c)) => match check_format(&mut c.clone()).await {
+            Ok(()) => Attempt::Ready(c),
+            Err(why) => Attempt::Refused(why),
+        },
     }
 }
 
@@ -328,14 +473,14 @@ fn collect(datapath: &Datapath, leases: &HashMap<u64, Lease>) -> anyhow::Result<
         if usage.tag != window.tag {
             continue;
         }
-        let baseline = leases
+        let (baseline, pending) = leases
             .get(&hash)
             .filter(|l| l.tag == window.tag)
-            .map_or(0, |l| l.baseline);
+            .map_or((0, 0), |l| (l.baseline, l.pending));
         reports.push(Report {
             hash,
             tag: window.tag,
-            own: u64::from(usage.used.saturating_sub(baseline)),
+            own: u64::from(usage.used.saturating_sub(baseline)) + u64::from(pending),
             local_used: usage.used,
             limit: quota::limit_with_top_up(
                 plan_quota.limit,
@@ -350,7 +495,8 @@ fn collect(datapath: &Datapath, leases: &HashMap<u64, Lease>) -> anyhow::Result<
 }
 
 /// Takes this host's lease of a key — an equal share of what remains among the hosts using
-/// it — and moves the kernel's count to say so.
+/// it — and moves the kernel's count to say so. The report is in Redis's count by now: what
+/// the kernel counts from here on is this host's own, whether the count could be moved or not.
 fn apply(
     datapath: &Datapath,
     leases: &mut HashMap<u64, Lease>,
@@ -364,17 +510,72 @@ fn apply(
     let lease = remaining.div_ceil(hosts.max(1));
     let target = u64::from(report.limit) - lease;
     let delta = target as i64 - i64::from(report.local_used);
-    match datapath.adjust_quota(report.hash, report.tag, delta) {
-        Ok(true) => {
-            leases.insert(
-                report.hash,
-                Lease {
-                    tag: report.tag,
-                    baseline: target as u32,
-                },
-            );
+    let baseline = match datapath.adjust_quota(report.hash, report.tag, delta) {
+        Ok(true) => target as u32,
+        // Its count is of a later window already: the next sync reports that one.
+        Ok(false) => report.local_used,
+        Err(err) => {
+            warn!("fleet: moving a key's count: {err:#}");
+            report.local_used
         }
-        Ok(false) => {}
-        Err(err) => warn!("fleet: moving a key's count: {err:#}"),
+    };
+    leases.insert(
+        report.hash,
+        Lease {
+            tag: report.tag,
+            baseline,
+            pending: 0,
+        },
+    );
+}
+
+/// While Redis is unreachable: a key this host has no lease of in its window yet gets the
+/// limit divided by the hosts last seen (its count moved up by `limit − share`),
+/// and a key it starts sending gets that share of its rate. What the host counted stays to be
+/// reported when Redis is back.
+fn offline(
+    datapath: &Datapath,
+    local: &mut Local,
+    reports: &[Report],
+    rate_reports: &[rates::RateReport],
+) {
+    let hosts = local.hosts_last_seen.max(1);
+    for report in reports {
+        if local
+            .leases
+            .get(&report.hash)
+            .is_some_and(|l| l.tag == report.tag)
+        {
+            continue;
+        }
+        // What the host counted of the window so far is all its own (it has no lease of it):
+        // it comes out of its share.
+        let share = u64::from(report.limit).div_ceil(u64::from(hosts));
+        let delta = (u64::from(report.limit) - share) as i64;
+        let baseline = match datapath.adjust_quota(report.hash, report.tag, delta) {
+            Ok(true) => report.local_used + delta as u32,
+            Ok(false) => continue,
+            Err(err) => {
+                warn!("fleet: moving a key's count: {err:#}");
+                continue;
+            }
+        };
+        local.leases.insert(
+            report.hash,
+            Lease {
+                tag: report.tag,
+                baseline,
+                pending: report.own.min(u64::from(u32::MAX)) as u32,
+            },
+        );
+    }
+    if hosts > 1 {
+        let mut shares = datapath.fleet_shares();
+        for report in rate_reports.iter().filter(|r| r.sent) {
+            shares.entry(report.hash).or_insert(hosts);
+        }
+        if let Err(err) = rates::apply_shares(datapath, &shares) {
+            warn!("fleet: writing a key's share of its rate: {err:#}");
+        }
     }
 }
