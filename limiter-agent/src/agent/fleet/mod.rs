@@ -25,33 +25,55 @@ use tracing::{info, warn};
 const PREFIX: &str = "limiter";
 /// The format of what this build keeps in Redis; another in `limiter:meta` is refused.
 const FORMAT: &str = "1";
-/// A host counts as using a key while it reported requests of it this recently.
+/// A host counts as using a key while it reported requests of it this recently, and its lease
+/// as held while it reported at all (or three of its syncs, if longer).
 const ACTIVE: Duration = Duration::from_secs(5);
 /// How long a connection (and the format check) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to reconnect come at most this far apart.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Adds this host's requests to a key's fleet count of a window and marks the host as using the
-/// key; answers the fleet count and the hosts that used the key within ARGV[5] ms.
-/// KEYS: the count, the hosts. ARGV: requests, host, now (ms), ttl (s), active (ms).
+/// Adds this host's requests to a key's fleet count of a window and gives the host its lease:
+/// what it may pass until its next report. Each host's lease is kept beside its last report
+/// and its last request (`:h:TAG`, host → "REPORT_MS USE_MS LEASE"); leases other hosts hold
+/// (reported within ARGV[5] ms) are taken out of what remains first, so the leases held at
+/// any moment and the count never sum to more than the limit. Of the rest, a host takes a
+/// lease sized to its demand — four times what it reported (its next few syncs at its rate) —
+/// within an equal share among the hosts using the key, and at least an eighth of that share
+/// (one request at least): a host without demand keeps enough for its next requests to count,
+/// and leaves the rest to the hosts that use the key.
+/// KEYS: the count, the hosts. ARGV: requests, host, now (ms), ttl (s), active (ms), limit.
+/// Answers the fleet count, the lease, and the hosts using the key.
 const REPORT: &str = r"
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if tonumber(ARGV[1]) > 0 then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-end
+local now = tonumber(ARGV[3])
+local window = tonumber(ARGV[5])
+local used_at = 0
+local others = 0
+local users = 0
 local hosts = redis.call('HGETALL', KEYS[2])
-local active = 0
-local me = 0
 for i = 1, #hosts, 2 do
-  if tonumber(ARGV[3]) - tonumber(hosts[i + 1]) <= tonumber(ARGV[5]) then
-    active = active + 1
-    if hosts[i] == ARGV[2] then me = 1 end
+  local reported, sent, lease = string.match(hosts[i + 1], '^(%d+) (%d+) (%d+)$')
+  if reported then
+    if hosts[i] == ARGV[2] then
+      used_at = tonumber(sent)
+    elseif now - tonumber(reported) <= window then
+      others = others + tonumber(lease)
+      if now - tonumber(sent) <= window then users = users + 1 end
+    end
   end
 end
-return {used, active, me}
+local own = tonumber(ARGV[1])
+if own > 0 then used_at = now end
+local remaining = math.max(tonumber(ARGV[6]) - used, 0)
+local fair = math.ceil(remaining / (users + 1))
+local demand = math.max(4 * own, math.ceil(fair / 8), 1)
+local lease = math.min(fair, demand, math.max(remaining - others, 0))
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d %d %d', now, used_at, lease))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if now - used_at <= window then users = users + 1 end
+return {used, lease, users}
 ";
 
 /// What `limiter fleet` and `status` show.
@@ -163,6 +185,8 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
     };
     let every = Duration::from_millis(section.sync_ms as u64);
     let rate_active = rates::active_window(every);
+    // A host's lease holds while it reported within this: several of its syncs.
+    let lease_window = ACTIVE.max(every * 3);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<redis::aio::ConnectionManager> = None;
@@ -175,6 +199,8 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
     let mut connecting = None;
     let mut next_attempt = Instant::now();
     let mut backoff = every;
+    let mut syncs: u64 = 0;
+    let idle_every = (1000 / section.sync_ms.max(1) as u64).max(1);
     let quota_script = redis::Script::new(REPORT);
     let rate_script = redis::Script::new(rates::RATE_REPORT);
     loop {
@@ -218,12 +244,14 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             }
         }
         let started = Instant::now();
+        syncs += 1;
+        let idle_too = syncs % idle_every == 0;
         // What the kernel counted since the last sync.
         let (reading, shared) = (Arc::clone(&state), Arc::clone(&local));
         let read = tokio::task::spawn_blocking(move || {
             let datapath = reading.datapath();
             let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
-            let quotas = collect(&datapath, &local.leases)?;
+            let quotas = collect(&datapath, &local.leases, idle_too)?;
             let rates = local.activity.sample(&datapath, rate_active)?;
             anyhow::Ok((quotas, rates))
         })
@@ -253,7 +281,8 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                             .arg(&host)
                             .arg(now_ms)
                             .arg(report.ttl_s)
-                            .arg(ACTIVE.as_millis() as u64),
+                            .arg(lease_window.as_millis() as u64)
+                            .arg(report.limit),
                     );
                 }
                 for report in &rate_reports {
@@ -311,12 +340,9 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
         };
         let (quota_answers, rest) = answers.split_at(reports.len().min(answers.len()));
         let (rate_answers, hosts) = rest.split_at(rate_reports.len().min(rest.len()));
-        let fleet: Vec<(u64, u64, bool)> = quota_answers
+        let fleet: Vec<(u64, u64, u64)> = quota_answers
             .iter()
-            .map(|v| {
-                redis::from_redis_value::<(u64, u64, u64)>(v.clone())
-                    .map(|(u, a, m)| (u, a, m == 1))
-            })
+            .map(|v| redis::from_redis_value::<(u64, u64, u64)>(v.clone()))
             .collect::<Result<_, _>>()
             .unwrap_or_default();
         let sharing: HashMap<u64, u32> = rate_reports
@@ -351,14 +377,8 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             let datapath = writing.datapath();
             let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
             local.hosts_last_seen = seen;
-            for (report, &(used, active, me)) in reports.iter().zip(&fleet) {
-                apply(
-                    &datapath,
-                    &mut local.leases,
-                    report,
-                    used,
-                    active + u64::from(!me),
-                );
+            for (report, &(_used, lease, _users)) in reports.iter().zip(&fleet) {
+                apply(&datapath, &mut local.leases, report, lease);
             }
             if let Err(err) = rates::apply_shares(&datapath, &sharing) {
                 warn!("fleet: writing a key's share of its rate: {err:#}");
@@ -460,7 +480,13 @@ struct Report {
 }
 
 /// The reports of the keys whose count is of the window now.
-fn collect(datapath: &Datapath, leases: &HashMap<u64, Lease>) -> anyhow::Result<Vec<Report>> {
+/// A key this host did not count requests of since the last sync is reported only when
+/// `idle_too` (about once a second): its lease stays reserved in Redis meanwhile.
+fn collect(
+    datapath: &Datapath,
+    leases: &HashMap<u64, Lease>,
+    idle_too: bool,
+) -> anyhow::Result<Vec<Report>> {
     let api = datapath.api();
     let utc_secs = now_ms() / 1000;
     let mut reports = Vec::new();
@@ -473,14 +499,16 @@ fn collect(datapath: &Datapath, leases: &HashMap<u64, Lease>) -> anyhow::Result<
         if usage.tag != window.tag {
             continue;
         }
-        let (baseline, pending) = leases
-            .get(&hash)
-            .filter(|l| l.tag == window.tag)
-            .map_or((0, 0), |l| (l.baseline, l.pending));
+        let lease = leases.get(&hash).filter(|l| l.tag == window.tag);
+        let (baseline, pending) = lease.map_or((0, 0), |l| (l.baseline, l.pending));
+        let own = u64::from(usage.used.saturating_sub(baseline)) + u64::from(pending);
+        if own == 0 && lease.is_some() && !idle_too {
+            continue;
+        }
         reports.push(Report {
             hash,
             tag: window.tag,
-            own: u64::from(usage.used.saturating_sub(baseline)) + u64::from(pending),
+            own,
             local_used: usage.used,
             limit: quota::limit_with_top_up(
                 plan_quota.limit,
@@ -494,23 +522,18 @@ fn collect(datapath: &Datapath, leases: &HashMap<u64, Lease>) -> anyhow::Result<
     Ok(reports)
 }
 
-/// Takes this host's lease of a key — an equal share of what remains among the hosts using
-/// it — and moves the kernel's count to say so. The report is in Redis's count by now: what
-/// the kernel counts from here on is this host's own, whether the count could be moved or not.
-fn apply(
-    datapath: &Datapath,
-    leases: &mut HashMap<u64, Lease>,
-    report: &Report,
-    used: u64,
-    hosts: u64,
-) {
-    let remaining = u64::from(report.limit).saturating_sub(used);
-    // Rounded up: a key is never held below its quota by the rounding; the fleet may pass up
-    // to `hosts − 1` more than the quota at its very end.
-    let lease = remaining.div_ceil(hosts.max(1));
-    let target = u64::from(report.limit) - lease;
+/// Moves the kernel's count of a key so that it passes `lease` more requests in the window.
+/// The report is in Redis's count by now: what the kernel counts from here on is this host's
+/// own, whether the count could be moved or not (requests counted since the report was read
+/// stay on top, and come out of the new lease).
+fn apply(datapath: &Datapath, leases: &mut HashMap<u64, Lease>, report: &Report, lease: u64) {
+    let target = u64::from(report.limit).saturating_sub(lease);
     let delta = target as i64 - i64::from(report.local_used);
-    let baseline = match datapath.adjust_quota(report.hash, report.tag, delta) {
+    let moved = match delta {
+        0 => Ok(true),
+        _ => datapath.adjust_quota(report.hash, report.tag, delta),
+    };
+    let baseline = match moved {
         Ok(true) => target as u32,
         // Its count is of a later window already: the next sync reports that one.
         Ok(false) => report.local_used,
