@@ -16,9 +16,9 @@
 //!   more request every sync interval (the map's words bumped by this process), then idle.
 //!   Redis's `INFO` before and after each phase: scripts, commands and its CPU per second.
 //! - **Kernel cost.** The keyed keep-alive request of a key with a quota (the cost benchmark's
-//!   arm) on two limiters loaded alike, one of which has its key's count moved by the
-//!   quota-adjust program every 100 requests, as a fleet's agent does at each sync; one packet
-//!   per `BPF_PROG_TEST_RUN`, interleaved.
+//!   arm) for three keys of one limiter, one of which has its count moved by the quota-adjust
+//!   program every 100 requests, as a fleet's agent does at each sync; one packet per
+//!   `BPF_PROG_TEST_RUN`, interleaved.
 //!
 //! Nothing is asserted: the numbers are reported.
 
@@ -110,7 +110,7 @@ struct Cost {
     alone: Vec<f64>,
     fleet: Vec<f64>,
     /// A second key without a fleet.
-    copy: Vec<f64>,
+    second: Vec<f64>,
     adjusts: u64,
     checks: Vec<String>,
 }
@@ -126,7 +126,7 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<String> {
     }
     let started = Instant::now();
     let load_before = bench::loadavg();
-    let reps = if quick { 1 } else { 3 };
+    let reps = if quick { 1 } else { 5 };
     let dir = tempfile::tempdir()?;
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "00112233445566778899aabbccddeeff\n")?;
@@ -574,7 +574,7 @@ fn kernel_cost(quick: bool) -> anyhow::Result<Cost> {
     let mut result = Cost {
         alone: Vec::new(),
         fleet: Vec::new(),
-        copy: Vec::new(),
+        second: Vec::new(),
         adjusts: 0,
         checks: Vec::new(),
     };
@@ -590,10 +590,10 @@ fn kernel_cost(quick: bool) -> anyhow::Result<Cost> {
                 move_count(-(REQUESTS_PER_SYNC as i64))?;
             }
         }
-        let [alone, fleet, copy] = samples.map(|mut s| median(&mut s));
+        let [alone, fleet, second] = samples.map(|mut s| median(&mut s));
         result.alone.push(alone);
         result.fleet.push(fleet);
-        result.copy.push(copy);
+        result.second.push(second);
         eprint!("\rround {}/{rounds}", round + 1);
     }
     eprintln!();
@@ -855,7 +855,7 @@ fn report(
     for (name, values) in [
         ("without a fleet", &cost.alone),
         ("its count moved as a fleet does", &cost.fleet),
-        ("without a fleet, a second key", &cost.copy),
+        ("without a fleet, a second key", &cost.second),
     ] {
         let (ns, lo, hi) = spread(values);
         let (r, r_lo, r_hi) = spread(&ratio(values));
