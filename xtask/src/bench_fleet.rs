@@ -521,15 +521,15 @@ fn kernel_cost(quick: bool) -> anyhow::Result<Cost> {
     }
     let adjust = bench::program(&limiter.ebpf, QUOTA_ADJUST_PROG)?;
     let program = limiter.program()?;
-    let now_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    // Plan 1's window: a day.
-    let day = quota::window(Period::Day, now_secs).tag;
-    debug_assert_eq!(day >> quota::TAG_PERIOD_SHIFT, PERIOD_DAY);
     let fleet_hash = hash_of(FLEET_TOKEN);
     let mut adjusts = 0u64;
     let mut move_count = |delta: i64| -> anyhow::Result<()> {
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        // Plan 1's window: a day (taken at each move: a run may cross midnight UTC).
+        let day = quota::window(Period::Day, now_secs).tag;
+        debug_assert_eq!(day >> quota::TAG_PERIOD_SHIFT, PERIOD_DAY);
         let request = QuotaAdjust {
             hash: fleet_hash,
             delta,
