@@ -75,7 +75,7 @@ const PER_NET: u32 = 1 << 16;
 
 /// XDP verdicts.
 const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+pub(crate) const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
 const SECTION: &str = "## Per-packet program cost";
@@ -110,9 +110,9 @@ const TOKEN_WITHIN: &[u8] = b"k-7f3a9c21d4e8b6f0";
 const TOKEN_OVER: &[u8] = b"k-over-the-limit-01";
 /// A key on a plan with a quota no run uses up (plan slot 1), and one on a plan whose quota
 /// every run is over (plan slot 2).
-const TOKEN_QUOTA: &[u8] = b"k-quota-2b9e41c07a";
+pub(crate) const TOKEN_QUOTA: &[u8] = b"k-quota-2b9e41c07a";
 const TOKEN_OVER_QUOTA: &[u8] = b"k-over-its-quota-1";
-const HTTP_SECRET: [u64; 2] = [0x5eed_0001, 0x5eed_0002];
+pub(crate) const HTTP_SECRET: [u64; 2] = [0x5eed_0001, 0x5eed_0002];
 const HTTP_PORT: u16 = 8080;
 
 pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -880,7 +880,7 @@ fn cost_config_at(rate: u64, burst: u64) -> DatapathConfig {
 
 /// The HTTP arms' configuration: source limits no run reaches, `[http]` on HTTP_PORT with
 /// keys at a limit no run reaches either (the registered one aside).
-fn http_config() -> DatapathConfig {
+pub(crate) fn http_config() -> DatapathConfig {
     let mut http = HttpConfig::OFF;
     http.key_headers =
         KeyHeaders::new(&[b"x-api-key", b"authorization"]).expect("valid key headers");
@@ -900,15 +900,15 @@ fn http_config() -> DatapathConfig {
 
 /// Where a TCP segment's source port and sequence number are in the frames of
 /// [`http_request`].
-const TCP_SPORT_AT: usize = 14 + 20;
-const TCP_SEQ_AT: usize = 14 + 20 + 4;
+pub(crate) const TCP_SPORT_AT: usize = 14 + 20;
+pub(crate) const TCP_SEQ_AT: usize = 14 + 20 + 4;
 
 /// Bytes of the requests of [`http_request`].
-const HTTP_REQUEST_LEN: u32 = 400;
+pub(crate) const HTTP_REQUEST_LEN: u32 = 400;
 
 /// A 400-byte request from the test bed's hot source to HTTP_PORT (TCP with timestamps), its
 /// key header (`X-API-Key: token`) mid-way, or none.
-fn http_request(token: Option<&[u8]>) -> Vec<u8> {
+pub(crate) fn http_request(token: Option<&[u8]>) -> Vec<u8> {
     let mut request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\n\
         User-Agent: bench/1.0\r\nAccept: application/json\r\nContent-Type: application/json\r\n"
         .to_vec();
@@ -943,7 +943,7 @@ impl Limiter {
     /// Writes the HTTP arms' 429s, registers TOKEN_OVER at 1/s, burst 1, and the quota arms'
     /// keys: TOKEN_QUOTA on plan 1 (a quota a day no run uses up), TOKEN_OVER_QUOTA on plan 2
     /// (its quota used up for good).
-    fn serve_api_keys(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn serve_api_keys(&mut self) -> anyhow::Result<()> {
         let mut answers: aya::maps::Array<_, Answer> =
             aya::maps::Array::try_from(self.ebpf.map_mut(ANSWERS_MAP).context("no ANSWERS map")?)?;
         answers.set(0, Answer::render("default", 1, 1, false), 0)?;

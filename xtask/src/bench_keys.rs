@@ -244,7 +244,7 @@ pub fn run(quick: bool) -> anyhow::Result<(String, KeysResult)> {
     Ok((section, result))
 }
 
-fn which(tool: &str) -> bool {
+pub(crate) fn which(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
@@ -445,35 +445,52 @@ impl Connector {
     }
 }
 
-/// wrk flooding with the abusive key, pinned to CPU 0.
-struct Wrk {
+/// wrk flooding with one API key.
+pub(crate) struct Wrk {
     child: Child,
     _script: tempfile::NamedTempFile,
 }
 
 impl Wrk {
-    /// `close`: every request asks for `Connection: close`.
+    /// The abusive key on FLOOD_CONNECTIONS connections, pinned to CPU 0; `close`: every
+    /// request asks for `Connection: close`.
     fn start(net: &TestNet, seconds: u64, close: bool) -> anyhow::Result<Wrk> {
+        Wrk::spawn(
+            &net.clients.name,
+            ABUSIVE_KEY,
+            FLOOD_CONNECTIONS,
+            seconds,
+            close,
+            Some(CLIENT_CPU),
+        )
+    }
+
+    /// wrk in the namespace `netns`, one thread on `connections` keep-alive connections (unless
+    /// `close`), every request with `X-API-Key: key`, for `seconds`, on `cpu` if given.
+    pub(crate) fn spawn(
+        netns: &str,
+        key: &str,
+        connections: u32,
+        seconds: u64,
+        close: bool,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Wrk> {
         let script = tempfile::NamedTempFile::new()?;
-        let mut lua =
-            format!("wrk.method = \"GET\"\nwrk.headers[\"X-API-Key\"] = \"{ABUSIVE_KEY}\"\n");
+        let mut lua = format!("wrk.method = \"GET\"\nwrk.headers[\"X-API-Key\"] = \"{key}\"\n");
         if close {
             lua.push_str("wrk.headers[\"Connection\"] = \"close\"\n");
         }
         std::fs::write(script.path(), lua)?;
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]);
+        if let Some(cpu) = cpu {
+            cmd.args(["taskset", "-c", &cpu.to_string()]);
+        }
+        let child = cmd
             .args([
-                "netns",
-                "exec",
-                &net.clients.name,
-                "taskset",
-                "-c",
-                "0",
                 "wrk",
-            ])
-            .args([
                 "-t1",
-                &format!("-c{FLOOD_CONNECTIONS}"),
+                &format!("-c{connections}"),
                 &format!("-d{seconds}s"),
             ])
             .arg("-s")
@@ -490,7 +507,7 @@ impl Wrk {
     }
 
     /// Waits for wrk; its requests, non-2xx answers, socket errors, and CPU-seconds.
-    fn finish(mut self) -> anyhow::Result<(u64, u64, u64, f64)> {
+    pub(crate) fn finish(mut self) -> anyhow::Result<(u64, u64, u64, f64)> {
         let pid = self.child.id();
         // wrk runs under `ip netns exec`, which execs it: same pid. Its CPU, read just before
         // it exits (a zombie's times are still in /proc until it is reaped).
@@ -660,7 +677,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// utime + stime of process `pid`, seconds.
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: everything a newcomer or CI runs, from a fresh machine.
 
 mod bench;
+mod bench_fleet;
 mod bench_flood;
 mod bench_keys;
 mod bench_scale;
@@ -49,8 +50,8 @@ enum Task {
     /// Benchmarks, written to BENCHMARKS.md with a chart (bench-flood.png): the per-packet cost
     /// of the XDP program against a bare XDP_DROP (BPF_PROG_TEST_RUN); flood throughput on a veth
     /// pair next to a bare XDP_DROP, nftables and iptables hashlimit; management with 1M keys
-    /// next to bpftool; `limiter usage` over 7 days of 10 000 keys. Installs nftables,
-    /// iptables, perf and bpftool when missing (needs root).
+    /// next to bpftool; `limiter usage` over 7 days of 10 000 keys; fleet mode (3 hosts on one
+    /// Redis). Installs nftables, iptables, perf and bpftool when missing (needs root).
     Bench {
         /// A short run of every part (under two minutes).
         #[arg(long)]

@@ -78,6 +78,9 @@ pub enum Part {
     Keys,
     /// `limiter usage` over 7 days of history of 10 000 keys.
     Usage,
+    /// Fleet mode: over-admission of 3 hosts on one Redis, Redis's load per host, the
+    /// kernel's cost per request.
+    Fleet,
 }
 
 pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
@@ -135,6 +138,11 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
         println!("\n{section}");
         bench::write_named_section(&path, crate::bench_usage::SECTION, &section)?;
     }
+    if wants(Part::Fleet) {
+        let section = crate::bench_fleet::run(quick)?;
+        println!("\n{section}");
+        bench::write_named_section(&path, crate::bench_fleet::SECTION, &section)?;
+    }
     if only.is_none() {
         let section = aims(
             quick,
@@ -155,6 +163,7 @@ pub(crate) fn run_all(quick: bool, only: Option<Part>) -> anyhow::Result<()> {
             crate::bench_keys::SECTION,
             crate::bench_scale::SECTION,
             crate::bench_usage::SECTION,
+            crate::bench_fleet::SECTION,
         ],
     )?;
     println!(
