@@ -245,7 +245,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
         }
         let started = Instant::now();
         syncs += 1;
-        let idle_too = syncs % idle_every == 0;
+        let idle_too = syncs.is_multiple_of(idle_every);
         // What the kernel counted since the last sync.
         let (reading, shared) = (Arc::clone(&state), Arc::clone(&local));
         let read = tokio::task::spawn_blocking(move || {
