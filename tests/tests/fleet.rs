@@ -6,6 +6,7 @@ use limiter_tests::agent::Agent;
 use limiter_tests::gateway::{get_once, ClientPass, Nginx};
 use limiter_tests::netns::TestNet;
 use limiter_tests::redis::RedisServer;
+use limiter_tests::webhook::{alerts, WebhookReceiver};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -270,12 +271,20 @@ fn redis_down_and_back_loses_no_count_and_crashes_nothing() {
     std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
     let url = redis.url();
     let big = |host: &str| config(&url, host, &secret).replace("quota = 30", "quota = 1000");
+    let mut webhooks = Vec::new();
     let hosts: Vec<Host> = (1..=3)
         .map(|i| {
             let net = TestNet::new(1, 1);
             let _pass = ClientPass::attach(&net);
             let _nginx = Nginx::start(&net);
-            let agent = Agent::start(&net, Some(&big(&format!("gw-{i}"))));
+            let webhook = WebhookReceiver::start(&net.gateway);
+            let text = format!(
+                "{}\n[alerts]\nwebhook = \"{}\"\n",
+                big(&format!("gw-{i}")),
+                webhook.url()
+            );
+            webhooks.push(webhook);
+            let agent = Agent::start(&net, Some(&text));
             let (code, _, err) = agent.add_key("acme", Some("metered"), TOKEN);
             assert_eq!(code, 0, "keys add: {err}");
             Host {
@@ -332,6 +341,27 @@ fn redis_down_and_back_loses_no_count_and_crashes_nothing() {
         assert_eq!(log.matches("Redis is unreachable").count(), 1, "{log}");
         assert!(log.contains("fleet: reconnected"), "{log}");
         assert_eq!(host.agent.json(&["fleet"])["connected"], true);
+    }
+    // Alerted once each way, with the host and the Redis named.
+    for (webhook, name) in webhooks.iter().zip(["gw-1", "gw-2", "gw-3"]) {
+        let posts = webhook.wait_for(Duration::from_secs(3), |posts| {
+            alerts(posts)
+                .iter()
+                .any(|a| a["kind"] == "fleet_reconnected")
+        });
+        let fleet: Vec<_> = alerts(&posts)
+            .into_iter()
+            .filter(|a| a["kind"].as_str().is_some_and(|k| k.starts_with("fleet")))
+            .collect();
+        let kinds: Vec<&str> = fleet.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["fleet_unreachable", "fleet_reconnected"],
+            "{fleet:?}"
+        );
+        assert_eq!(fleet[0]["host"], name);
+        assert_eq!(fleet[0]["redis"], redis.url());
+        assert!(fleet[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
     }
 }
 

@@ -625,14 +625,14 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
 }
 
 /// The stated bound for a run: the quota, plus on every host but one what the key's first
-/// sync interval let through there (the lease request alone for a leased key; for a fresh one
-/// the host's request rate over one interval, at most the quota), plus `hosts − 1` of rounding.
+/// sync interval let through there before its first sync (nothing for a leased key; for a
+/// fresh one the host's request rate over one interval, at most the quota).
 fn bound(start: Start, sync_ms: u64, rate: f64) -> u64 {
     let first = match start {
-        Start::Leased => 1,
+        Start::Leased => 0,
         Start::Fresh => ((rate * sync_ms as f64 / 1000.0).ceil() as u64).min(QUOTA),
     };
-    QUOTA + (HOSTS as u64 - 1) * (first + 1)
+    QUOTA + (HOSTS as u64 - 1) * first
 }
 
 fn report(
@@ -670,10 +670,9 @@ fn report(
          or **leased** — one request through each gateway, then two sync intervals, so every \
          host holds its lease when the flood starts. The agents are started anew for each \
          `sync_ms`; the runs alternate fresh and leased. The stated bound (docs/fleet.md): \
-         Q + (hosts − 1) × min(Q, what the key's first sync interval lets through on a host) + \
-         (hosts − 1) of rounding at the end; here the first interval's share is taken as the \
-         fastest gateway's request rate (200s and the kernel's 429s) × `sync_ms`, and as the one \
-         lease request for a leased key.\n"
+         Q + (hosts − 1) × min(Q, what a host lets through of the key before its first sync of \
+         the window) — Q for a leased key; for a fresh one the first interval's share is taken \
+         as the fastest gateway's request rate (200s and the kernel's 429s) × `sync_ms`.\n"
     );
     let _ = writeln!(
         out,
@@ -743,14 +742,15 @@ fn report(
          into the agent's `QUOTAS` map (as traffic would leave them; a key's quota no run uses \
          up). With traffic, this process adds a request to every key's count every \
          {LOAD_SYNC_MS} ms (every key active at every sync: the worst case); idle, the counts \
-         stay (the agent reports every key of the window at every sync, changed or not). \
+         stay (the agent reports a key without new requests about once a second, to keep its lease \
+         reserved). \
          Redis's `INFO` before and after each phase; the sync lag is `limiter fleet --json`'s \
          `lag_ms`, sampled every 250 ms. CPU is CPU-seconds per second (1.00 = one core).\n",
         bench::thousands(LOAD_KEYS)
     );
     let _ = writeln!(
         out,
-        "| phase | seconds | keys reported | scripts/s | syncs/s | commands/s (Redis's count) \
+        "| phase | seconds | keys reported at the last sync | scripts/s | reports a key a second | commands/s (Redis's count) \
          | Redis CPU | agent CPU | sync lag, median (max) |"
     );
     let _ = writeln!(
@@ -764,7 +764,7 @@ fn report(
             load.secs,
             bench::thousands(load.keys as u32),
             bench::thousands(load.scripts as u32),
-            load.scripts / load.keys.max(1) as f64,
+            load.scripts / LOAD_KEYS as f64,
             bench::thousands(load.commands as u32),
             load.redis_cpu,
             load.agent_cpu,
@@ -792,7 +792,7 @@ fn report(
         .map(|(load, phase)| {
             format!(
                 "{phase}, {:.1} syncs a second instead of {}",
-                load.scripts / load.keys.max(1) as f64,
+                load.scripts / LOAD_KEYS as f64,
                 1000 / LOAD_SYNC_MS
             )
         })

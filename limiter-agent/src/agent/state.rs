@@ -37,6 +37,8 @@ pub struct AgentState {
     /// The usage history, once opened (not set when it cannot be).
     pub usage: std::sync::OnceLock<Arc<super::usage::History>>,
     /// With `[fleet]`: the sync task's status.
+    /// The webhook's queue, for alerts of other tasks than the event reader's (the fleet's).
+    pub alerts: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::events::webhook::Alert>>,
     /// With `[fleet]`: the sync task's status (none without, or before the task starts).
     pub fleet: Mutex<Option<Arc<Mutex<super::fleet::FleetStatus>>>>,
 }
@@ -94,6 +96,7 @@ impl AgentState {
             exhaustion_events: AtomicU64::new(0),
             quota_alerts: Mutex::default(),
             usage: std::sync::OnceLock::new(),
+            alerts: std::sync::OnceLock::new(),
             fleet: Mutex::new(None),
         }
     }

@@ -23,7 +23,7 @@
 
 mod quota_alerts;
 mod reader;
-mod webhook;
+pub mod webhook;
 
 use anyhow::{anyhow, Context};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -90,6 +90,7 @@ impl Events {
             tokio::spawn(forward_program_log(logger));
         }
         let (queue, alerts) = mpsc::channel(QUEUE_CAPACITY);
+        let _ = state.alerts.set(queue.clone());
         let (webhook_tx, webhook) = watch::channel(None);
         let undelivered = Arc::new(Undelivered::default());
         quota_alerts::spawn(

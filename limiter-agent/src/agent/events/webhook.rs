@@ -39,6 +39,27 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub enum Alert {
     Exhausted(ExhaustionAlert),
     QuotaThreshold(QuotaAlert),
+    Fleet(FleetAlert),
+}
+
+/// The fleet's Redis became unreachable, or reachable again: `{"kind": "fleet_unreachable" |
+/// "fleet_reconnected", "redis": "redis://10.0.0.5:6379/0", "host": "gw-1", "reason": "…" |
+/// null, "at": "…"}` — once per outage each.
+#[derive(Debug, Serialize)]
+pub struct FleetAlert {
+    pub kind: &'static str,
+    /// The Redis URL, without its password.
+    pub redis: String,
+    /// This host's name in the fleet.
+    pub host: String,
+    /// Why it is unreachable; null when reconnected.
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+impl FleetAlert {
+    pub const UNREACHABLE: &'static str = "fleet_unreachable";
+    pub const RECONNECTED: &'static str = "fleet_reconnected";
 }
 
 /// A key became exhausted.

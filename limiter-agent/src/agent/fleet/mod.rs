@@ -13,6 +13,7 @@ mod rates;
 
 use super::config::fleet::FleetSection;
 use super::datapath::Datapath;
+use super::events::webhook::{Alert, FleetAlert};
 use super::overrides::now_ms;
 use super::state::AgentState;
 use limiter_common::quota;
@@ -183,6 +184,11 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             return;
         }
     };
+    let who = Who {
+        state: Arc::clone(&state),
+        shown: shown.clone(),
+        host: host.clone(),
+    };
     let every = Duration::from_millis(section.sync_ms as u64);
     let rate_active = rates::active_window(every);
     // A host's lease holds while it reported within this: several of its syncs.
@@ -222,6 +228,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                                 "fleet: reconnected; what this host counted meanwhile is \
                                  reported now"
                             );
+                            who.alert(FleetAlert::RECONNECTED, None);
                         } else {
                             info!(redis = %shown, host, "fleet: connected");
                         }
@@ -235,7 +242,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                         return;
                     }
                     Attempt::Failed(why) => {
-                        say_down(&mut down_said, &shown, &why, &status);
+                        say_down(&mut down_said, &who, &why, &status);
                         // Tried again later and later, up to every few seconds.
                         next_attempt = Instant::now() + backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -319,7 +326,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                 match answer {
                     Ok(answers) => Some(answers),
                     Err(err) => {
-                        say_down(&mut down_said, &shown, &err.to_string(), &status);
+                        say_down(&mut down_said, &who, &err.to_string(), &status);
                         conn = None;
                         None
                     }
@@ -452,15 +459,44 @@ async fn check_format(conn: &mut redis::aio::ConnectionManager) -> Result<(), St
     }
 }
 
-fn say_down(said: &mut bool, shown: &str, why: &str, status: &Mutex<FleetStatus>) {
+/// Says once per outage that Redis is unreachable: in the log and, with `[alerts] webhook`, to
+/// the webhook.
+fn say_down(said: &mut bool, who: &Who, why: &str, status: &Mutex<FleetStatus>) {
     status.lock().unwrap_or_else(|p| p.into_inner()).connected = false;
     if !*said {
         warn!(
-            redis = %shown,
+            redis = %who.shown,
             "fleet: Redis is unreachable ({why}): this host enforces the leases it holds and \
              reconnects; what it counts meanwhile is reported when Redis is back"
         );
+        who.alert(FleetAlert::UNREACHABLE, Some(why.to_owned()));
         *said = true;
+    }
+}
+
+/// This host and its Redis, as alerts name them.
+struct Who {
+    state: Arc<AgentState>,
+    shown: String,
+    host: String,
+}
+
+impl Who {
+    fn alert(&self, kind: &'static str, reason: Option<String>) {
+        let webhook = self.state.config().alerts.webhook.is_some();
+        let Some(queue) = self.state.alerts.get().filter(|_| webhook) else {
+            return;
+        };
+        let alert = Alert::Fleet(FleetAlert {
+            kind,
+            redis: self.shown.clone(),
+            host: self.host.clone(),
+            reason,
+            at: crate::api::rfc3339(std::time::SystemTime::now()),
+        });
+        if queue.try_send(alert).is_err() {
+            warn!("webhook queue full: a fleet alert dropped");
+        }
     }
 }
 
