@@ -206,6 +206,51 @@ fn a_keys_rate_holds_across_three_hosts() {
     );
 }
 
+/// A key every host holds a lease of, flooded through the three at once from several CPUs:
+/// the fleet passes exactly its quota — what the hosts hold and the fleet's count never sum to
+/// more than it, also while leases are being moved (the answer on its way back).
+#[test]
+fn a_leased_key_flooded_through_three_hosts_passes_exactly_its_quota() {
+    const BIG: usize = 300;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let hosts = three_hosts(&redis, &secret, |c| {
+        c.replace(&format!("quota = {QUOTA}"), &format!("quota = {BIG}"))
+    });
+    limiter_tests::within_one_minute(Duration::from_secs(25));
+    for host in &hosts {
+        assert_eq!(host.status(), 200);
+    }
+    // Every host reports and takes its lease.
+    std::thread::sleep(Duration::from_millis(400));
+    let passed: Vec<usize> = std::thread::scope(|scope| {
+        let floods: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let mut passed = 0;
+                    while started.elapsed() < Duration::from_secs(3) {
+                        passed += usize::from(host.status() == 200);
+                    }
+                    passed
+                })
+            })
+            .collect();
+        floods.into_iter().map(|f| f.join().unwrap()).collect()
+    });
+    let total = 3 + passed.iter().sum::<usize>();
+    let logs: Vec<String> = hosts.iter().map(|h| h.agent.log()).collect();
+    assert_eq!(
+        total,
+        BIG,
+        "passed per host {passed:?}\n{}",
+        logs.join("\n----\n")
+    );
+}
+
 /// Redis down before a key's first sync in a window: each host gives the key the quota
 /// divided by the hosts it last saw, so the fleet still passes the quota, not three times it.
 #[test]

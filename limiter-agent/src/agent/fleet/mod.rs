@@ -35,10 +35,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Adds this host's requests to a key's fleet count of a window and gives the host its lease:
-/// what it may pass until its next report. Each host's lease is kept beside its last report
-/// and its last request (`:h:TAG`, host → "REPORT_MS USE_MS LEASE"); leases other hosts hold
-/// (reported within ARGV[5] ms) are taken out of what remains first, so the leases held at
-/// any moment and the count never sum to more than the limit. Of the rest, a host takes a
+/// what it may pass until its next report. What each host holds is kept beside its last report
+/// and its last request (`:h:TAG`, host → "REPORT_MS USE_MS HELD": its lease, or what its
+/// previous lease left if more — the host may pass that while the answer is on its way). What
+/// other hosts hold (those that reported within ARGV[5] ms) comes out of what remains first,
+/// so the count and what hosts hold never sum to more than the limit. Of the rest, a host takes a
 /// lease sized to its demand — four times what it reported (its next few syncs at its rate) —
 /// within an equal share among the hosts using the key, and at least an eighth of that share
 /// (one request at least): a host without demand keeps enough for its next requests to count,
@@ -51,6 +52,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 local now = tonumber(ARGV[3])
 local window = tonumber(ARGV[5])
 local used_at = 0
+local held = 0
 local others = 0
 local users = 0
 local hosts = redis.call('HGETALL', KEYS[2])
@@ -59,6 +61,7 @@ for i = 1, #hosts, 2 do
   if reported then
     if hosts[i] == ARGV[2] then
       used_at = tonumber(sent)
+      held = tonumber(lease)
     elseif now - tonumber(reported) <= window then
       others = others + tonumber(lease)
       if now - tonumber(sent) <= window then users = users + 1 end
@@ -71,7 +74,10 @@ local remaining = math.max(tonumber(ARGV[6]) - used, 0)
 local fair = math.ceil(remaining / (users + 1))
 local demand = math.max(4 * own, math.ceil(fair / 8), 1)
 local lease = math.min(fair, demand, math.max(remaining - others, 0))
-redis.call('HSET', KEYS[2], ARGV[2], string.format('%d %d %d', now, used_at, lease))
+-- Until its count is moved, the host may still pass what its previous lease left it: that stays
+-- reserved (it fits: it was reserved before) until its next report.
+held = math.max(lease, held - own)
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d %d %d', now, used_at, held))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if now - used_at <= window then users = users + 1 end
 return {used, lease, users}
