@@ -155,6 +155,9 @@ pub struct FleetHost {
     pub last_sync_ms_ago: u64,
     /// Keys it reported at its last sync.
     pub keys: u64,
+    /// The requests of keys with a quota it reported since its agent started: what it
+    /// consumed of the fleet's quotas.
+    pub requests: u64,
 }
 
 /// The configuration in force, as `status` shows it.

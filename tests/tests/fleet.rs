@@ -113,6 +113,26 @@ fn a_quota_holds_across_three_hosts() {
         .map(|h| h["host"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["gw-1", "gw-2", "gw-3"], "{fleet}");
+    // What each host consumed: together, what passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let fleet = hosts[1].agent.json(&["fleet"]);
+        let requests: u64 = fleet["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["requests"].as_u64().unwrap())
+            .sum();
+        if requests == passed as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{requests} ≠ {passed}: {fleet}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(hosts[0].agent.cli(&["fleet"]).stdout.contains("REQUESTS"));
     let status = hosts[2].agent.json(&["status"]);
     assert_eq!(status["fleet"]["connected"], true, "{status}");
     assert!(hosts[2].agent.cli(&["status"]).stdout.contains("in sync"));

@@ -18,11 +18,14 @@ pub async fn run(args: ApiArgs) -> Result<(), Failure> {
     if let Some(lag) = info.lag_ms {
         println!("{:<11}{lag} ms (the last sync's round trip)", "lag");
     }
-    println!("\n{:<24}{:>16}{:>8}", "HOST", "LAST SYNC", "KEYS");
+    println!(
+        "\n{:<24}{:>16}{:>8}{:>14}",
+        "HOST", "LAST SYNC", "KEYS", "REQUESTS"
+    );
     for host in &info.hosts {
         println!(
-            "{:<24}{:>13} ms{:>8}",
-            host.host, host.last_sync_ms_ago, host.keys
+            "{:<24}{:>13} ms{:>8}{:>14}",
+            host.host, host.last_sync_ms_ago, host.keys, host.requests
         );
     }
     Ok(())

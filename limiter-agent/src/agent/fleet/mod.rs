@@ -94,8 +94,9 @@ pub struct FleetStatus {
     pub lag: Duration,
     /// Why this host does not share (the Redis holds data of another format), if so.
     pub refused: Option<String>,
-    /// The hosts seen, with when they last synced (ms since the epoch) and their keys.
-    pub hosts: Vec<(String, u64, u64)>,
+    /// The hosts seen: when they last synced (ms since the epoch), the keys they reported
+    /// then, the requests they reported since their agent started.
+    pub hosts: Vec<(String, u64, u64, u64)>,
 }
 
 impl FleetStatus {
@@ -111,10 +112,11 @@ impl FleetStatus {
             hosts: self
                 .hosts
                 .iter()
-                .map(|(host, at_ms, keys)| crate::api::FleetHost {
+                .map(|(host, at_ms, keys, requests)| crate::api::FleetHost {
                     host: host.clone(),
                     last_sync_ms_ago: now_ms.saturating_sub(*at_ms),
                     keys: *keys,
+                    requests: *requests,
                 })
                 .collect(),
         }
@@ -212,6 +214,8 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
     let mut next_attempt = Instant::now();
     let mut backoff = every;
     let mut syncs: u64 = 0;
+    // Requests of quota keys this host reported since the agent started.
+    let mut reported: u64 = 0;
     let idle_every = (1000 / section.sync_ms.max(1) as u64).max(1);
     let quota_script = redis::Script::new(REPORT);
     let rate_script = redis::Script::new(rates::RATE_REPORT);
@@ -312,7 +316,11 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
                 pipe.hset(
                     format!("{PREFIX}:hosts"),
                     &host,
-                    format!("{now_ms} {}", reports.len().max(rate_reports.len())),
+                    format!(
+                        "{now_ms} {} {}",
+                        reports.len().max(rate_reports.len()),
+                        reported + reports.iter().map(|r| r.own).sum::<u64>()
+                    ),
                 )
                 .ignore();
                 pipe.hgetall(format!("{PREFIX}:hosts"));
@@ -370,11 +378,13 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             .first()
             .and_then(|v| redis::from_redis_value::<HashMap<String, String>>(v.clone()).ok())
             .unwrap_or_default();
-        let mut shown_hosts: Vec<(String, u64, u64)> = hosts
+        reported += reports.iter().map(|r| r.own).sum::<u64>();
+        let mut shown_hosts: Vec<(String, u64, u64, u64)> = hosts
             .into_iter()
             .map(|(name, value)| {
                 let mut parts = value.split(' ').map(|p| p.parse().unwrap_or(0));
-                (name, parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+                let mut next = || parts.next().unwrap_or(0);
+                (name, next(), next(), next())
             })
             .collect();
         shown_hosts.sort();
@@ -382,7 +392,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
         let now = now_ms();
         let seen = shown_hosts
             .iter()
-            .filter(|(_, at, _)| now.saturating_sub(*at) <= recent)
+            .filter(|(_, at, _, _)| now.saturating_sub(*at) <= recent)
             .count()
             .max(1) as u32;
         let (writing, shared) = (Arc::clone(&state), Arc::clone(&local));
