@@ -243,7 +243,7 @@ pub struct InspectQuery {
 }
 
 /// Body of `POST /v1/reset`: exactly one of the three selections.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ResetRequest {
     #[serde(default)]
     pub keys: Vec<String>,

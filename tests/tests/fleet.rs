@@ -479,3 +479,125 @@ fn a_redis_it_cannot_share_is_refused_and_the_host_enforces_alone() {
         "its data left alone"
     );
 }
+
+/// Whether host's client can open a connection to its gateway now (a deny drops its SYN).
+fn connects(host: &Host) -> bool {
+    let from = IpAddr::V4(host.net.client_addrs[0]);
+    let to = host.net.gateway_ip();
+    limiter_tests::netns::run_in(&host.net.clients.name, move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        socket
+            .bind(&std::net::SocketAddr::new(from, 0).into())
+            .unwrap();
+        socket
+            .connect_timeout(
+                &std::net::SocketAddr::new(to, limiter_tests::gateway::GATEWAY_PORT).into(),
+                Duration::from_millis(300),
+            )
+            .is_ok()
+    })
+}
+
+/// Waits up to a second for `done`; how long it took.
+fn within_a_second(what: &str, done: impl Fn() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: not within a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// A registered key, a deny and a reset typed on host 1 act on host 3 within a second; foreign
+/// entries in the stream are skipped, and what comes after them still arrives.
+#[test]
+fn what_an_operator_changes_on_one_host_acts_on_every_host_within_a_second() {
+    const BETA: &str = "tok-fleet-beta-77d1";
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let hosts = three_hosts(&redis, &secret, |c| {
+        c + "\n[[plans]]\nname = \"tiny\"\nrate = 1\nburst = 2\n"
+    });
+    let (first, third) = (&hosts[0], &hosts[2]);
+    let beta = |host: &Host| {
+        let client = IpAddr::V4(host.net.client_addrs[0]);
+        get_once(&host.net, client, Some(&format!("X-API-Key: {BETA}"))).status
+    };
+    // Every host has read the stream's end before the changes are made.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Foreign entries first: skipped, said.
+    redis.cli(&["XADD", "limiter:events", "*", "change", "rm -rf /"]);
+    redis.cli(&["XADD", "limiter:events", "*", "junk", "1"]);
+
+    // A registered key: on the tiny plan, host 3 answers its third request with a 429.
+    assert_eq!(beta(third), 200, "unregistered: the [http] default");
+    let (code, _, err) = first.agent.add_key("beta", Some("tiny"), BETA);
+    assert_eq!(code, 0, "keys add: {err}");
+    let took = within_a_second("the key registered on host 3", || {
+        third.agent.log().contains("API key 'beta' registered")
+    });
+    let statuses: Vec<u16> = (0..4).map(|_| beta(third)).collect();
+    assert!(
+        statuses.contains(&429),
+        "the tiny plan on host 3: {statuses:?} ({took:?})"
+    );
+    assert!(!third.agent.log().contains(BETA), "no token in the log");
+    assert!(
+        !redis
+            .cli(&["XRANGE", "limiter:events", "-", "+"])
+            .contains(BETA),
+        "no token in Redis"
+    );
+
+    // A reset on host 1 of the key exhausted on host 3: it passes there again.
+    first.agent.cli(&["reset", "key:beta"]);
+    within_a_second("the reset on host 3", || beta(third) == 200);
+
+    // A deny of host 3's client, typed on host 1, and lifted there.
+    assert!(connects(third));
+    let denied = third.net.client_addrs[0].to_string();
+    let out = first.agent.cli(&["deny", &denied, "--ttl", "1h"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    within_a_second("the deny on host 3", || !connects(third));
+    assert!(third.agent.cli(&["overrides"]).stdout.contains(&denied));
+    let out = first.agent.cli(&["overrides", "rm", &denied]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    within_a_second("the deny lifted on host 3", || connects(third));
+
+    for host in &hosts[1..] {
+        let log = host.agent.log();
+        assert_eq!(
+            log.matches("is not a change of this build").count(),
+            1,
+            "the foreign entry said once: {log}"
+        );
+        assert!(log.contains("without a change"), "{log}");
+        assert!(log.contains("from gw-1"), "{log}");
+    }
+    // Host 1 applied its own changes when they were made, not again from the stream.
+    assert!(!first.agent.log().contains("applied from gw-1"));
+
+    // A quota used up across the fleet, given back by a reset typed on host 1: every host
+    // passes the key again, and the fleet's count starts anew.
+    limiter_tests::within_one_minute(Duration::from_secs(10));
+    let passed = (0..2 * QUOTA)
+        .filter(|round| {
+            std::thread::sleep(Duration::from_millis(20));
+            hosts[round % 3].status() == 200
+        })
+        .count();
+    assert!((QUOTA..=QUOTA + 2).contains(&passed), "{passed}");
+    assert!(hosts.iter().all(|h| h.status() == 429));
+    let out = first.agent.cli(&["reset", "--quota", "key:acme"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    within_a_second("the quota back on every host", || {
+        hosts.iter().all(|h| h.status() == 200)
+    });
+}

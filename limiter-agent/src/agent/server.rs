@@ -367,68 +367,9 @@ async fn reset(
         )));
     }
     with_datapath(&state, move |datapath, state| {
-        // Parse every key before touching any bucket: a bad one changes nothing.
-        let api = datapath.api();
-        let selectors = request
-            .keys
-            .iter()
-            .map(|k| parse_selector(k, &api))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut sources = Vec::new();
-        let mut api_keys = Vec::new();
-        for (i, selector) in selectors.iter().enumerate() {
-            match selector {
-                Selector::Source(prefix) => sources.push((i, *prefix)),
-                other => api_keys.push((i, other.clone())),
-            }
-        }
-        // One walk of the map on raw entries; with `exhausted` only exhausted keys come back.
-        let candidates = datapath.select(request.exhausted, None, None, None, None)?;
-        let mut reset = 0;
-        let mut selection = Selection::new(sources.iter().map(|(_, p)| *p).collect());
-        let mut selected = vec![false; selectors.len()];
-        for key in candidates.keys() {
-            let chosen = if request.all || request.exhausted {
-                true
-            } else if let Some(hash) = limiter_common::charge::api_key_hash(key) {
-                let fingerprint = super::api_keys::fingerprint(hash);
-                let mut hit = false;
-                for (i, selector) in &api_keys {
-                    let hits = match selector {
-                        Selector::ApiKey(_, wanted) => *wanted == hash,
-                        Selector::Fingerprint(start) => fingerprint.starts_with(start.as_str()),
-                        Selector::Source(_) => false,
-                    };
-                    if hits {
-                        selected[*i] = true;
-                        hit = true;
-                    }
-                }
-                hit
-            } else {
-                let hits =
-                    Prefix::from_bucket_key(key).map_or_else(Vec::new, |p| selection.selecting(&p));
-                hits.iter().for_each(|&i| selected[sources[i].0] = true);
-                !hits.is_empty()
-            };
-            let done = match (chosen, request.quota) {
-                (false, _) => false,
-                (true, true) => datapath.reset_quota(key)?,
-                (true, false) => datapath.reset(key)?,
-            };
-            if done {
-                reset += 1;
-                state.resets.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let not_tracked = selectors
-            .iter()
-            .zip(selected)
-            .filter(|(_, hit)| !hit)
-            .map(|(w, _)| w.to_string())
-            .collect();
+        let (response, hashes) = reset_keys(datapath, state, &request)?;
         tracing::info!(
-            reset,
+            reset = response.reset,
             keys = request.keys.len(),
             exhausted = request.exhausted,
             all = request.all,
@@ -437,9 +378,95 @@ async fn reset(
             pid = caller.pid,
             "reset keys"
         );
-        Ok(Json(ResetResponse { reset, not_tracked }))
+        if state.config().fleet.is_some() {
+            let counts = match request.quota {
+                true => hashes
+                    .iter()
+                    .filter_map(|&hash| {
+                        let tag = super::fleet::quota_window(datapath, hash)?;
+                        Some((format!("{hash:016x}"), tag))
+                    })
+                    .collect(),
+                false => Vec::new(),
+            };
+            state.publish(super::fleet::events::Change::Reset { request, counts });
+        }
+        Ok(Json(response))
     })
     .await
+}
+
+/// Resets what `request` selects (parsed in full first: a bad KEY changes nothing); what was
+/// reset, and the token hashes of the API keys among it.
+pub(super) fn reset_keys(
+    datapath: &Datapath,
+    state: &AgentState,
+    request: &ResetRequest,
+) -> Result<(ResetResponse, Vec<u64>), AgentError> {
+    // Parse every key before touching any bucket: a bad one changes nothing.
+    let api = datapath.api();
+    let selectors = request
+        .keys
+        .iter()
+        .map(|k| parse_selector(k, &api))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sources = Vec::new();
+    let mut api_keys = Vec::new();
+    for (i, selector) in selectors.iter().enumerate() {
+        match selector {
+            Selector::Source(prefix) => sources.push((i, *prefix)),
+            other => api_keys.push((i, other.clone())),
+        }
+    }
+    // One walk of the map on raw entries; with `exhausted` only exhausted keys come back.
+    let candidates = datapath.select(request.exhausted, None, None, None, None)?;
+    let mut reset = 0;
+    let mut hashes = Vec::new();
+    let mut selection = Selection::new(sources.iter().map(|(_, p)| *p).collect());
+    let mut selected = vec![false; selectors.len()];
+    for key in candidates.keys() {
+        let hash = limiter_common::charge::api_key_hash(key);
+        let chosen = if request.all || request.exhausted {
+            true
+        } else if let Some(hash) = hash {
+            let fingerprint = super::api_keys::fingerprint(hash);
+            let mut hit = false;
+            for (i, selector) in &api_keys {
+                let hits = match selector {
+                    Selector::ApiKey(_, wanted) => *wanted == hash,
+                    Selector::Fingerprint(start) => fingerprint.starts_with(start.as_str()),
+                    Selector::Source(_) => false,
+                };
+                if hits {
+                    selected[*i] = true;
+                    hit = true;
+                }
+            }
+            hit
+        } else {
+            let hits =
+                Prefix::from_bucket_key(key).map_or_else(Vec::new, |p| selection.selecting(&p));
+            hits.iter().for_each(|&i| selected[sources[i].0] = true);
+            !hits.is_empty()
+        };
+        let done = match (chosen, request.quota) {
+            (false, _) => false,
+            (true, true) => datapath.reset_quota(key)?,
+            (true, false) => datapath.reset(key)?,
+        };
+        if done {
+            reset += 1;
+            hashes.extend(hash);
+            state.resets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let not_tracked = selectors
+        .iter()
+        .zip(selected)
+        .filter(|(_, hit)| !hit)
+        .map(|(w, _)| w.to_string())
+        .collect();
+    Ok((ResetResponse { reset, not_tracked }, hashes))
 }
 
 /// The API key a quota call is about: its token hash and its name as shown.
@@ -616,6 +643,7 @@ async fn add_override(
             pid = caller.pid,
             "override added"
         );
+        state.publish(super::fleet::events::Change::OverrideSet { item: item.clone() });
         Ok(Json(override_info(&item, now)))
     })
     .await
@@ -637,6 +665,9 @@ async fn remove_override(
             )),
         })?;
         tracing::info!(%cidr, uid = caller.uid, pid = caller.pid, "override removed");
+        state.publish(super::fleet::events::Change::OverrideRemoved {
+            cidr: cidr.to_string(),
+        });
         Ok(Json(OverrideRemoved { removed: 1 }))
     })
     .await
@@ -670,7 +701,7 @@ async fn remove_api_key(
 ) -> Result<Json<ApiKeyAdded>, AgentError> {
     let Query(query) = query?;
     blocking(&state, move |state| {
-        let removed = state.remove_api_key(&query.name)?;
+        let removed = state.remove_api_key(&query.name, true)?;
         tracing::info!(key = %removed.name, uid = caller.uid, pid = caller.pid, "API key forgotten");
         Ok(Json(ApiKeyAdded {
             name: removed.name,

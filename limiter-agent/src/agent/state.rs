@@ -39,6 +39,8 @@ pub struct AgentState {
     /// With `[fleet]`: the sync task's status.
     /// The webhook's queue, for alerts of other tasks than the event reader's (the fleet's).
     pub alerts: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::events::webhook::Alert>>,
+    /// With `[fleet]`: changes made through this agent's API, for the other hosts.
+    pub fleet_outbox: super::fleet::events::Outbox,
     /// With `[fleet]`: the sync task's status (none without, or before the task starts).
     pub fleet: Mutex<Option<Arc<Mutex<super::fleet::FleetStatus>>>>,
 }
@@ -97,6 +99,7 @@ impl AgentState {
             quota_alerts: Mutex::default(),
             usage: std::sync::OnceLock::new(),
             alerts: std::sync::OnceLock::new(),
+            fleet_outbox: Default::default(),
             fleet: Mutex::new(None),
         }
     }
@@ -122,6 +125,14 @@ impl AgentState {
             counts.entry(threshold).or_default();
         }
         counts
+    }
+
+    /// With `[fleet]`: hands a change made through this agent's API to the sync, for the other
+    /// hosts; without, nothing.
+    pub fn publish(&self, change: super::fleet::events::Change) {
+        if self.config().fleet.is_some() {
+            self.fleet_outbox.push(change);
+        }
     }
 
     /// With `[fleet]`: how this host syncs, as `limiter fleet` shows it.
@@ -313,6 +324,30 @@ impl AgentState {
                     .into(),
             ));
         }
+        let secret = self
+            .datapath()
+            .secret()
+            .ok_or_else(|| bad("no API key secret".into()))?;
+        self.register_api_key(name, plan, secret.hash(token), true)
+    }
+
+    /// Registers the token hash `hash` under `name` (on `plan`, or the `[http]` default):
+    /// enforced at once, then saved; on any failure nothing changes. `publish`: with `[fleet]`,
+    /// the other hosts register it too (a key another host registered is not published
+    /// again, and one registered here already alike is left as it is).
+    pub fn register_api_key(
+        &self,
+        name: String,
+        plan: Option<String>,
+        hash: u64,
+        publish: bool,
+    ) -> Result<ApiKeyAdded, AgentError> {
+        let bad = |m: String| AgentError::new(ErrorCode::BadRequest, m);
+        if let Some(plan) = &plan {
+            if self.config().plan(plan).is_none() {
+                return Err(bad(format!("there is no plan '{plan}' on this host")));
+            }
+        }
         let mut store = self.api_keys.lock().unwrap_or_else(|p| p.into_inner());
         let mut datapath = self.datapath_mut();
         let secret = datapath
@@ -321,15 +356,29 @@ impl AgentState {
         let key = Registered {
             name,
             plan,
-            hash: secret.hash(token),
+            hash,
             added_at_ms: super::overrides::now_ms(),
         };
+        let alike = |k: &Registered| k.name == key.name && k.hash == key.hash && k.plan == key.plan;
+        if !publish && store.list().iter().any(alike) {
+            return Ok(ApiKeyAdded {
+                name: key.name,
+                plan: key.plan,
+                fingerprint: api_keys::fingerprint(key.hash),
+            });
+        }
         let before = store.list().to_vec();
         store.add(key.clone()).map_err(|err| match err {
             AddError::Invalid(m) | AddError::Duplicate(m) => bad(m),
             AddError::Capacity(m) => AgentError::new(ErrorCode::Capacity, m),
         })?;
         self.enforce_api_keys(&mut store, &mut datapath, before)?;
+        if publish {
+            self.publish(super::fleet::events::Change::api_key_added(
+                &key,
+                secret.id(),
+            ));
+        }
         Ok(ApiKeyAdded {
             name: key.name,
             plan: key.plan,
@@ -339,7 +388,8 @@ impl AgentState {
 
     /// Forgets the API key registered as `name`: its requests fall back to the `[http]`
     /// default (its bucket stays).
-    pub fn remove_api_key(&self, name: &str) -> Result<Registered, AgentError> {
+    /// `publish`: with `[fleet]`, the other hosts forget it too.
+    pub fn remove_api_key(&self, name: &str, publish: bool) -> Result<Registered, AgentError> {
         let mut store = self.api_keys.lock().unwrap_or_else(|p| p.into_inner());
         let mut datapath = self.datapath_mut();
         let before = store.list().to_vec();
@@ -350,6 +400,11 @@ impl AgentState {
             )
         })?;
         self.enforce_api_keys(&mut store, &mut datapath, before)?;
+        if publish {
+            self.publish(super::fleet::events::Change::ApiKeyRemoved {
+                name: name.to_owned(),
+            });
+        }
         Ok(removed)
     }
 

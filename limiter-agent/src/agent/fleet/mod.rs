@@ -9,6 +9,7 @@
 //! quota-adjust program, so the request path is the one without a fleet. Rates are shared
 //! alike (`rates`): each host enforces its share of a key's rate. See docs/fleet.md.
 
+pub mod events;
 mod rates;
 
 use super::config::fleet::FleetSection;
@@ -214,6 +215,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
     let mut next_attempt = Instant::now();
     let mut backoff = every;
     let mut syncs: u64 = 0;
+    let mut reader = events::Reader::default();
     // Requests of quota keys this host reported since the agent started.
     let mut reported: u64 = 0;
     let idle_every = (1000 / section.sync_ms.max(1) as u64).max(1);
@@ -359,6 +361,22 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             .await;
             continue;
         };
+        // What the operators changed: this host's changes out, the others' in.
+        let exchanged = events::exchange(
+            conn.as_mut().expect("connected: the reports went through"),
+            &mut reader,
+            &state.fleet_outbox,
+            &host,
+        )
+        .await;
+        let (texts, own_resets) = match exchanged {
+            Ok(exchanged) => exchanged,
+            Err(err) => {
+                say_down(&mut down_said, &who, &err.to_string(), &status);
+                conn = None;
+                (Vec::new(), Vec::new())
+            }
+        };
         let (quota_answers, rest) = answers.split_at(reports.len().min(answers.len()));
         let (rate_answers, hosts) = rest.split_at(rate_reports.len().min(rest.len()));
         let fleet: Vec<(u64, u64, u64)> = quota_answers
@@ -395,11 +413,27 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             .filter(|(_, at, _, _)| now.saturating_sub(*at) <= recent)
             .count()
             .max(1) as u32;
+        // The others' changes, applied as their API calls were (each takes the locks it
+        // needs: before the datapath is read below).
+        let applying = Arc::clone(&state);
+        let reset = tokio::task::spawn_blocking(move || {
+            let mut reset = own_resets;
+            for text in &texts {
+                reset.extend(events::apply(&applying, text));
+            }
+            reset
+        })
+        .await
+        .unwrap_or_default();
         let (writing, shared) = (Arc::clone(&state), Arc::clone(&local));
         let _ = tokio::task::spawn_blocking(move || {
             let datapath = writing.datapath();
             let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
             local.hosts_last_seen = seen;
+            // A quota reset gives the keys their whole quota back: their leases start anew.
+            for hash in &reset {
+                local.leases.remove(hash);
+            }
             for (report, &(_used, lease, _users)) in reports.iter().zip(&fleet) {
                 apply(&datapath, &mut local.leases, report, lease);
             }
@@ -419,7 +453,18 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
 /// A key's state in Redis is under `limiter:{HASH}`: the braces put all of it in one slot of a
 /// Redis Cluster.
 fn redis_key(hash: u64) -> String {
-    format!("{PREFIX}:{{{hash:016x}}}")
+    redis_key_hex(&format!("{hash:016x}"))
+}
+
+fn redis_key_hex(hash: &str) -> String {
+    format!("{PREFIX}:{{{hash}}}")
+}
+
+/// The window now of the quota of the API key of token hash `hash`, if it has one: what a
+/// reset of its quota names for the fleet.
+pub fn quota_window(datapath: &Datapath, hash: u64) -> Option<u32> {
+    let (plan_quota, _) = datapath.api().quota_of(hash)?;
+    Some(quota::window(plan_quota.period, now_ms() / 1000).tag)
 }
 
 /// How an attempt to connect ended.
