@@ -600,4 +600,25 @@ fn what_an_operator_changes_on_one_host_acts_on_every_host_within_a_second() {
     within_a_second("the quota back on every host", || {
         hosts.iter().all(|h| h.status() == 200)
     });
+    // Used up again, then topped up by 6 on host 1: the fleet passes 6 more, on every host.
+    let passed = (0..2 * QUOTA)
+        .filter(|round| {
+            std::thread::sleep(Duration::from_millis(20));
+            hosts[round % 3].status() == 200
+        })
+        .count();
+    assert!(hosts.iter().all(|h| h.status() == 429), "{passed}");
+    let out = first.agent.cli(&["quota", "key:acme", "--add", "6"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    within_a_second("the top-up on host 3", || {
+        third.agent.log().contains("topped up by 6")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let more = (0..18)
+        .filter(|round| {
+            std::thread::sleep(Duration::from_millis(20));
+            hosts[round % 3].status() == 200
+        })
+        .count();
+    assert_eq!(more, 6, "the top-up, fleet-wide");
 }

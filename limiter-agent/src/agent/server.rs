@@ -534,7 +534,7 @@ async fn top_up_quota(
             )))
         }
     };
-    with_datapath(&state, move |datapath, _| {
+    with_datapath(&state, move |datapath, state| {
         let (hash, shown) = quota_key(&request.key, datapath)?;
         let quota = datapath.top_up_quota(hash, add)?.map_err(|refusal| {
             let code = match refusal {
@@ -552,6 +552,10 @@ async fn top_up_quota(
             pid = caller.pid,
             "quota topped up"
         );
+        state.publish(super::fleet::events::Change::QuotaTopUp {
+            hash: format!("{hash:016x}"),
+            add,
+        });
         Ok(Json(QuotaResponse { key: shown, quota }))
     })
     .await

@@ -47,6 +47,11 @@ pub enum Change {
     OverrideRemoved {
         cidr: String,
     },
+    /// `limiter quota KEY --add N`: the window now of every host.
+    QuotaTopUp {
+        hash: String,
+        add: u32,
+    },
     Reset {
         request: ResetRequest,
         /// With `quota`: the API keys whose quota count the reset gave back, and the window
@@ -173,6 +178,18 @@ pub fn apply(state: &AgentState, text: &str) -> Vec<u64> {
                 })
                 .map(|()| format!("override {cidr} removed"))
                 .map_err(|e| e.to_string()),
+        },
+        Change::QuotaTopUp { hash, add } => match u64::from_str_radix(&hash, 16) {
+            Err(_) => Err(format!("{hash:?} is not a token hash")),
+            Ok(hash) => match state.datapath().top_up_quota(hash, add) {
+                Ok(Ok(quota)) => Ok(format!(
+                    "quota of key:{} topped up by {add} (limit {} this window)",
+                    super::super::api_keys::fingerprint(hash),
+                    quota.limit
+                )),
+                Ok(Err(refusal)) => Err(refusal.to_string()),
+                Err(err) => Err(format!("{err:#}")),
+            },
         },
         Change::Reset { request, counts } => {
             let datapath = state.datapath();
