@@ -1308,6 +1308,15 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
+    /// The line under a part's heading: how it was run, when, on what, how loaded.
+    pub(crate) fn header(&self, command: &str, secs: f64) -> String {
+        format!(
+            "`{command}` — {}, {secs:.0} s for this part. Machine: {} CPUs, {}; kernel {}; load \
+             average {} before, {} after.\n",
+            self.date, self.nproc, self.cpu, self.kernel, self.load_before, self.load_after,
+        )
+    }
+
     pub(crate) fn read(load_before: String) -> Machine {
         let read = |path: &str| {
             std::fs::read_to_string(path)

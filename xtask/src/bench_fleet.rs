@@ -645,18 +645,8 @@ fn report(
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{SECTION}\n");
-    let _ = writeln!(
-        out,
-        "`cargo xtask bench{} --only fleet` — {}, {total_secs:.0} s for this part. Machine: {} \
-         CPUs, {}; kernel {}; load average {} before, {} after.\n",
-        if quick { " --quick" } else { "" },
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.load_before,
-        machine.load_after,
-    );
+    let command = format!("{} --only fleet", bench::command(quick));
+    let _ = writeln!(out, "{}", machine.header(&command, total_secs));
     let _ = writeln!(out, "### Over-admission: {HOSTS} hosts, one quota\n");
     let _ = writeln!(
         out,

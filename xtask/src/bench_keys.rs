@@ -700,18 +700,7 @@ fn report(
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{SECTION}\n");
-    let _ = writeln!(
-        out,
-        "`{}` — {}, {total_secs:.0} s for this part. Machine: {} CPUs, {}; kernel {}; load \
-         average {} before, {} after.\n",
-        bench::command(quick),
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.load_before,
-        machine.load_after,
-    );
+    let _ = writeln!(out, "{}", machine.header(bench::command(quick), total_secs));
     let _ = writeln!(
         out,
         "nginx (one worker, CPU 1) serves a {}-byte JSON file on the test bed's gateway; `wrk` (CPU \

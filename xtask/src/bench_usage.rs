@@ -174,18 +174,11 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<String> {
     let minutes = field("minutes");
     let mut out = String::new();
     let _ = writeln!(out, "{SECTION}\n");
+    let command = format!("{} --only usage", bench::command(quick));
     let _ = writeln!(
         out,
-        "`cargo xtask bench{} --only usage` — {}, {:.0} s for this part. Machine: {} CPUs, {}; \
-         kernel {}; load average {} before, {} after.\n",
-        if quick { " --quick" } else { "" },
-        machine.date,
-        started.elapsed().as_secs_f64(),
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.load_before,
-        machine.load_after,
+        "{}",
+        machine.header(&command, started.elapsed().as_secs_f64())
     );
     let _ = writeln!(
         out,

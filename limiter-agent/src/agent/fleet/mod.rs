@@ -263,6 +263,33 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             }
         }
         let started = Instant::now();
+        // What the operators changed: this host's changes out, the others' in — before the
+        // counts are read, so that a quota reset's keys are reported from their new count.
+        if let Some(c) = conn.as_mut() {
+            match events::exchange(c, &mut reader, &state.fleet_outbox, &host).await {
+                Ok((texts, own_resets)) => {
+                    let (applying, shared) = (Arc::clone(&state), Arc::clone(&local));
+                    // Applied as the API calls were (each takes the locks it needs).
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let mut reset = own_resets;
+                        for text in &texts {
+                            reset.extend(events::apply(&applying, text));
+                        }
+                        // A quota reset gives the keys their whole quota back: their leases
+                        // start anew.
+                        let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        for hash in &reset {
+                            local.leases.remove(hash);
+                        }
+                    })
+                    .await;
+                }
+                Err(err) => {
+                    say_down(&mut down_said, &who, &err.to_string(), &status);
+                    conn = None;
+                }
+            }
+        }
         syncs += 1;
         let idle_too = syncs.is_multiple_of(idle_every);
         // What the kernel counted since the last sync.
@@ -361,22 +388,6 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             .await;
             continue;
         };
-        // What the operators changed: this host's changes out, the others' in.
-        let exchanged = events::exchange(
-            conn.as_mut().expect("connected: the reports went through"),
-            &mut reader,
-            &state.fleet_outbox,
-            &host,
-        )
-        .await;
-        let (texts, own_resets) = match exchanged {
-            Ok(exchanged) => exchanged,
-            Err(err) => {
-                say_down(&mut down_said, &who, &err.to_string(), &status);
-                conn = None;
-                (Vec::new(), Vec::new())
-            }
-        };
         let (quota_answers, rest) = answers.split_at(reports.len().min(answers.len()));
         let (rate_answers, hosts) = rest.split_at(rate_reports.len().min(rest.len()));
         let fleet: Vec<(u64, u64, u64)> = quota_answers
@@ -413,27 +424,11 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             .filter(|(_, at, _, _)| now.saturating_sub(*at) <= recent)
             .count()
             .max(1) as u32;
-        // The others' changes, applied as their API calls were (each takes the locks it
-        // needs: before the datapath is read below).
-        let applying = Arc::clone(&state);
-        let reset = tokio::task::spawn_blocking(move || {
-            let mut reset = own_resets;
-            for text in &texts {
-                reset.extend(events::apply(&applying, text));
-            }
-            reset
-        })
-        .await
-        .unwrap_or_default();
         let (writing, shared) = (Arc::clone(&state), Arc::clone(&local));
         let _ = tokio::task::spawn_blocking(move || {
             let datapath = writing.datapath();
             let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
             local.hosts_last_seen = seen;
-            // A quota reset gives the keys their whole quota back: their leases start anew.
-            for hash in &reset {
-                local.leases.remove(hash);
-            }
             for (report, &(_used, lease, _users)) in reports.iter().zip(&fleet) {
                 apply(&datapath, &mut local.leases, report, lease);
             }
