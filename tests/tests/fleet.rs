@@ -599,3 +599,53 @@ fn what_an_operator_changes_on_one_host_acts_on_every_host_within_a_second() {
         "the top-up on host 3: {more} of {left} left"
     );
 }
+
+/// A host with another `[http] secret_file` refuses the keys the others register (their
+/// tokens would not hash the same there) and says so; a `limiter:events` that is not a stream
+/// is said once, the quotas are shared all the same, and once it is gone the changes flow.
+#[test]
+fn another_secret_or_a_foreign_stream_is_said_and_the_rest_goes_on() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let other = dir.path().join("other-secret");
+    std::fs::write(&other, "ffeeddccbbaa99887766554433221100\n").unwrap();
+    redis.cli(&["SET", "limiter:events", "not a stream"]);
+    let mut built = 0;
+    let hosts = three_hosts(&redis, &secret, |_, c| {
+        built += 1;
+        match built {
+            2 => c.replace(&secret.display().to_string(), &other.display().to_string()),
+            _ => c,
+        }
+    });
+    let (first, second, third) = (&hosts[0], &hosts[1], &hosts[2]);
+    within_a_second("the foreign stream said", || {
+        first.agent.log().contains("limiter:events cannot be used")
+    });
+    // Quotas are shared all the same.
+    assert_eq!(first.agent.json(&["fleet"])["connected"], true);
+    let denied = third.net.client_addrs[0].to_string();
+    let out = first.agent.cli(&["deny", &denied, "--ttl", "1h"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(connects(third), "the deny cannot travel yet");
+
+    // The foreign data gone: what waited goes, and what comes next.
+    redis.cli(&["DEL", "limiter:events"]);
+    within_a_second("the waiting deny on host 3", || !connects(third));
+    let (code, _, err) = first.agent.add_key("gamma", None, "tok-fleet-gamma-5e0c");
+    assert_eq!(code, 0, "keys add: {err}");
+    within_a_second("the key registered on host 3", || {
+        third.agent.log().contains("API key 'gamma' registered")
+    });
+    within_a_second("the key refused on host 2", || {
+        second.agent.log().contains("hashed under another secret")
+    });
+    assert!(!second.agent.log().contains("API key 'gamma' registered"));
+    for host in &hosts {
+        let log = host.agent.log();
+        assert_eq!(log.matches("cannot be used").count(), 1, "said once: {log}");
+    }
+}

@@ -22,6 +22,8 @@ pub const STREAM_LEN: u64 = 10_000;
 pub const FIELD: &str = "change";
 /// Changes waiting to be sent at most (while Redis is unreachable); the oldest go first.
 const OUTBOX_LEN: usize = 10_000;
+/// How far back a host starts reading the stream when it connects.
+const JOIN_LOOKBACK_MS: u64 = 2_000;
 /// Entries read at most per sync.
 pub const READ_COUNT: usize = 1_000;
 
@@ -217,8 +219,8 @@ pub fn apply(state: &AgentState, text: &str) -> Vec<u64> {
 /// Where this host reads the stream from, and whether it said it cannot.
 #[derive(Default)]
 pub struct Reader {
-    /// The id of the last entry read; none until the first exchange (which starts at the
-    /// stream's end: a host applies what is changed after it joins).
+    /// The id of the last entry read; none until the first exchange (which starts
+    /// [`JOIN_LOOKBACK_MS`] back: a host applies what is changed as and after it joins).
     last_id: Option<String>,
     refused_said: bool,
 }
@@ -259,21 +261,16 @@ async fn exchange_once(
     outbox: &Outbox,
     host: &str,
 ) -> redis::RedisResult<(Vec<String>, Vec<u64>)> {
-    use redis::streams::{StreamRangeReply, StreamReadReply};
+    use redis::streams::StreamReadReply;
     let last_id = match &reader.last_id {
         Some(id) => id.clone(),
+        // A host starts with the changes of the last seconds, by Redis's clock (the stream's
+        // ids are its milliseconds): none made as it connects is missed, and it does not
+        // replay the stream's whole history.
         None => {
-            let last: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(STREAM)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(conn)
-                .await?;
-            last.ids
-                .first()
-                .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+            let ms = secs * 1000 + micros / 1000;
+            format!("{}-0", ms.saturating_sub(JOIN_LOOKBACK_MS))
         }
     };
     let changes = outbox.take();
