@@ -45,7 +45,8 @@ enum Command {
     Inspect(cli::InspectArgs),
     /// Give keys a full bucket at once; prints how many were reset.
     Reset(cli::ResetArgs),
-    /// The hosts of the fleet ([fleet]): their last sync and keys, whether this one is in sync.
+    /// The hosts of the fleet ([fleet]): their last sync, keys and requests reported, and
+    /// whether this one is in sync.
     Fleet(cli::ApiArgs),
     /// An API key's quota this window; `--add N` tops it up until the window ends.
     Quota(cli::quota::QuotaArgs),

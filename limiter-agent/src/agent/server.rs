@@ -1,13 +1,14 @@
 //! The JSON API on the Unix socket: one handler per path, each turning a request into a call
 //! on the shared state and the answer (or an [`AgentError`]) into JSON.
 
-use super::api_keys::{check_key_name, is_fingerprint};
 use super::config::Action;
-use super::datapath::{ApiView, Datapath};
+use super::datapath::Datapath;
 use super::error::AgentError;
 use super::overrides::{self, Override};
 use super::quotas::TopUpRefusal;
-use super::selection::{Selection, MAX_KEYS_PER_REQUEST};
+use super::resets::reset_keys;
+use super::selection::MAX_KEYS_PER_REQUEST;
+use super::selectors::{parse_key, parse_selector, Selector};
 use super::state::AgentState;
 use crate::api::*;
 use axum::extract::connect_info::ConnectInfo;
@@ -17,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use limiter_common::key::Prefix;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 type Shared = Arc<AgentState>;
@@ -188,55 +188,6 @@ async fn list(
         .into_response())
 }
 
-fn parse_key(text: &str) -> Result<Prefix, AgentError> {
-    text.parse()
-        .map_err(|err: limiter_common::key::PrefixError| AgentError::bad_request(err.to_string()))
-}
-
-/// What a KEY on the command line names.
-#[derive(Clone, Debug)]
-enum Selector {
-    /// A source address or prefix.
-    Source(Prefix),
-    /// `key:NAME` of a registered key: its token hash.
-    ApiKey(String, u64),
-    /// `key:FINGERPRINT` (or its start): lowercase hex digits.
-    Fingerprint(String),
-}
-
-impl std::fmt::Display for Selector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Selector::Source(prefix) => write!(f, "{prefix}"),
-            Selector::ApiKey(name, _) => write!(f, "key:{name}"),
-            Selector::Fingerprint(start) => write!(f, "key:{start}"),
-        }
-    }
-}
-
-/// A KEY: a source address or prefix, or `key:NAME` / `key:FINGERPRINT` for an API key.
-fn parse_selector(text: &str, api: &ApiView) -> Result<Selector, AgentError> {
-    let Some(rest) = text.strip_prefix("key:") else {
-        return parse_key(text).map(Selector::Source);
-    };
-    if let Some(hash) = api.hash_of(rest) {
-        return Ok(Selector::ApiKey(rest.to_owned(), hash));
-    }
-    if is_fingerprint(rest) {
-        return Ok(Selector::Fingerprint(rest.to_ascii_lowercase()));
-    }
-    match check_key_name(rest) {
-        Ok(()) => Err(AgentError::new(
-            ErrorCode::NotTracked,
-            format!("no key is registered as '{rest}' (see `limiter keys`)"),
-        )),
-        Err(_) => Err(AgentError::bad_request(format!(
-            "{text:?} is not a KEY: key:NAME of a registered key, key:FINGERPRINT (4 to 16 hex \
-             digits), or an address or prefix such as 198.18.1.7 or 2001:2::/64"
-        ))),
-    }
-}
-
 async fn inspect(
     State(state): State<Shared>,
     query: Result<Query<InspectQuery>, QueryRejection>,
@@ -394,79 +345,6 @@ async fn reset(
         Ok(Json(response))
     })
     .await
-}
-
-/// Resets what `request` selects (parsed in full first: a bad KEY changes nothing); what was
-/// reset, and the token hashes of the API keys among it.
-pub(super) fn reset_keys(
-    datapath: &Datapath,
-    state: &AgentState,
-    request: &ResetRequest,
-) -> Result<(ResetResponse, Vec<u64>), AgentError> {
-    // Parse every key before touching any bucket: a bad one changes nothing.
-    let api = datapath.api();
-    let selectors = request
-        .keys
-        .iter()
-        .map(|k| parse_selector(k, &api))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut sources = Vec::new();
-    let mut api_keys = Vec::new();
-    for (i, selector) in selectors.iter().enumerate() {
-        match selector {
-            Selector::Source(prefix) => sources.push((i, *prefix)),
-            other => api_keys.push((i, other.clone())),
-        }
-    }
-    // One walk of the map on raw entries; with `exhausted` only exhausted keys come back.
-    let candidates = datapath.select(request.exhausted, None, None, None, None)?;
-    let mut reset = 0;
-    let mut hashes = Vec::new();
-    let mut selection = Selection::new(sources.iter().map(|(_, p)| *p).collect());
-    let mut selected = vec![false; selectors.len()];
-    for key in candidates.keys() {
-        let hash = limiter_common::charge::api_key_hash(key);
-        let chosen = if request.all || request.exhausted {
-            true
-        } else if let Some(hash) = hash {
-            let fingerprint = super::api_keys::fingerprint(hash);
-            let mut hit = false;
-            for (i, selector) in &api_keys {
-                let hits = match selector {
-                    Selector::ApiKey(_, wanted) => *wanted == hash,
-                    Selector::Fingerprint(start) => fingerprint.starts_with(start.as_str()),
-                    Selector::Source(_) => false,
-                };
-                if hits {
-                    selected[*i] = true;
-                    hit = true;
-                }
-            }
-            hit
-        } else {
-            let hits =
-                Prefix::from_bucket_key(key).map_or_else(Vec::new, |p| selection.selecting(&p));
-            hits.iter().for_each(|&i| selected[sources[i].0] = true);
-            !hits.is_empty()
-        };
-        let done = match (chosen, request.quota) {
-            (false, _) => false,
-            (true, true) => datapath.reset_quota(key)?,
-            (true, false) => datapath.reset(key)?,
-        };
-        if done {
-            reset += 1;
-            hashes.extend(hash);
-            state.resets.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let not_tracked = selectors
-        .iter()
-        .zip(selected)
-        .filter(|(_, hit)| !hit)
-        .map(|(w, _)| w.to_string())
-        .collect();
-    Ok((ResetResponse { reset, not_tracked }, hashes))
 }
 
 /// The API key a quota call is about: its token hash and its name as shown.

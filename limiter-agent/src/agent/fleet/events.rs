@@ -195,7 +195,7 @@ pub fn apply(state: &AgentState, text: &str) -> Vec<u64> {
         },
         Change::Reset { request, counts } => {
             let datapath = state.datapath();
-            match super::super::server::reset_keys(&datapath, state, &request) {
+            match super::super::resets::reset_keys(&datapath, state, &request) {
                 Ok((response, _)) => {
                     info!(
                         host = %from,

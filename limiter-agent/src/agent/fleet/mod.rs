@@ -4,10 +4,11 @@
 //! Every `sync_ms` the agent reports, for each API key its kernel counted in the window now,
 //! what this host's requests added to the local count since the last sync, in one pipelined
 //! round trip (a Lua script per key keeps each update atomic): Redis adds it to the key's fleet
-//! count and answers it, with how many hosts used the key lately. The agent then takes a lease —
-//! its share of what remains — and moves its kernel's count to `limit − lease` with the
-//! quota-adjust program, so the request path is the one without a fleet. Rates are shared
-//! alike (`rates`): each host enforces its share of a key's rate. See docs/fleet.md.
+//! count and answers the host's lease — what it may pass until its next report, out of what
+//! neither the count nor the other hosts' leases hold. The agent moves its kernel's count to
+//! `limit − lease` with the quota-adjust program, so the request path is the one without a
+//! fleet. Rates are shared alike (`rates`): each host enforces its share of a key's rate. What
+//! operators change goes through a stream (`events`). See docs/fleet.md.
 
 pub mod events;
 mod rates;
@@ -46,7 +47,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// (one request at least): a host without demand keeps enough for its next requests to count,
 /// and leaves the rest to the hosts that use the key.
 /// KEYS: the count, the hosts. ARGV: requests, host, now (ms), ttl (s), active (ms), limit.
-/// Answers the fleet count, the lease, and the hosts using the key.
+/// Answers the lease.
 const REPORT: &str = r"
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -80,8 +81,7 @@ local lease = math.min(fair, demand, math.max(remaining - others, 0))
 held = math.max(lease, held - own)
 redis.call('HSET', KEYS[2], ARGV[2], string.format('%d %d %d', now, used_at, held))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-if now - used_at <= window then users = users + 1 end
-return {used, lease, users}
+return lease
 ";
 
 /// What `limiter fleet` and `status` show.
@@ -390,9 +390,9 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
         };
         let (quota_answers, rest) = answers.split_at(reports.len().min(answers.len()));
         let (rate_answers, hosts) = rest.split_at(rate_reports.len().min(rest.len()));
-        let fleet: Vec<(u64, u64, u64)> = quota_answers
+        let leases: Vec<u64> = quota_answers
             .iter()
-            .map(|v| redis::from_redis_value::<(u64, u64, u64)>(v.clone()))
+            .map(|v| redis::from_redis_value::<u64>(v.clone()))
             .collect::<Result<_, _>>()
             .unwrap_or_default();
         let sharing: HashMap<u64, u32> = rate_reports
@@ -429,7 +429,7 @@ async fn run(section: FleetSection, state: Arc<AgentState>, status: Arc<Mutex<Fl
             let datapath = writing.datapath();
             let mut local = shared.lock().unwrap_or_else(|p| p.into_inner());
             local.hosts_last_seen = seen;
-            for (report, &(_used, lease, _users)) in reports.iter().zip(&fleet) {
+            for (report, &lease) in reports.iter().zip(&leases) {
                 apply(&datapath, &mut local.leases, report, lease);
             }
             if let Err(err) = rates::apply_shares(&datapath, &sharing) {
